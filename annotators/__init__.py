@@ -1,0 +1,32 @@
+"""Per-clip logic: frames in, condition / statistics / caption out. No Ray here."""
+
+from annotators.base import (
+    Annotator,
+    AnnotatorConfig,
+    ArtifactSink,
+    ClipInput,
+    FrameSampling,
+    MissingDependency,
+    Resources,
+    config_hash,
+)
+from annotators.clip_stats import ClipStatsAnnotator
+from annotators.keyframes import KeyframesAnnotator
+
+BUILTIN_ANNOTATORS: dict[str, type[Annotator]] = {
+    cls.name: cls for cls in (ClipStatsAnnotator, KeyframesAnnotator)
+}
+
+__all__ = [
+    "BUILTIN_ANNOTATORS",
+    "Annotator",
+    "AnnotatorConfig",
+    "ArtifactSink",
+    "ClipInput",
+    "ClipStatsAnnotator",
+    "FrameSampling",
+    "KeyframesAnnotator",
+    "MissingDependency",
+    "Resources",
+    "config_hash",
+]

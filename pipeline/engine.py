@@ -1,0 +1,423 @@
+"""The Ray Data build: sources -> probe + spans -> one actor pool per stage -> records.
+
+Rows travel between operators as small JSON strings (the record so far, or a failure);
+frames are decoded inside each stage's actor and payloads go to the artifact store, so the
+object store only ever carries text. Every stage checks its marker first (resume) and turns
+anything a clip raises into a failure row that flows on to the end of the pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any
+
+import pyarrow as pa
+
+from annotators import ClipInput
+from pipeline.recipe import ResolvedRecipe, SpanConfig, StageSpec
+from pipeline.rundir import RunDir, StageMarker
+from pipeline.spans import make_spans
+from pipeline.storage import ArtifactStore
+from pipeline.video import VideoInfo, local_video, probe_video, sample_frames
+from schemas import (
+    ClipRef,
+    Failure,
+    Provenance,
+    Record,
+    StageProvenance,
+    make_clip_id,
+    utc_now,
+)
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("clip_id", pa.string()),
+        ("probe", pa.string()),  # VideoInfo as JSON
+        ("record", pa.string()),  # Record as JSON, "" once failed
+        ("failure", pa.string()),  # Failure as JSON, "" while ok
+        ("stage_seconds", pa.string()),  # {stage: seconds} spent in this invocation
+        ("skipped", pa.string()),  # [stage, ...] resumed from markers
+    ]
+)
+
+
+def _failure_row(source_uri: str, clip_id: str, stage: str, exc: BaseException) -> dict[str, str]:
+    error_type = getattr(exc, "error_type", None) or type(exc).__name__
+    failure = Failure(
+        clip_id=clip_id,
+        source_uri=source_uri,
+        stage=stage,
+        error_type=str(error_type),
+        message=str(exc) or repr(exc),
+    )
+    return {
+        "source_uri": source_uri,
+        "clip_id": clip_id,
+        "probe": "",
+        "record": "",
+        "failure": failure.model_dump_json(),
+        "stage_seconds": "{}",
+        "skipped": "[]",
+    }
+
+
+def probe_source(
+    item: dict[str, Any],
+    spans: dict[str, Any],
+    run_root: str,
+    recipe_name: str,
+    recipe_hash: str,
+    run_id: str,
+) -> list[dict[str, str]]:
+    """One source -> a row per clip span, or a single failure row for the source."""
+    uri = str(item["source_uri"])
+    start = None if item["start_s"] < 0 else float(item["start_s"])
+    end = None if item["end_s"] < 0 else float(item["end_s"])
+    source_id = (
+        make_clip_id(uri, start, end)
+        if start is not None and end is not None
+        else (make_clip_id(uri, None, None))
+    )
+    config = SpanConfig.model_validate(spans)
+    try:
+        with local_video(uri) as path:
+            info = probe_video(path, uri)
+            span_list = make_spans(info, path, config, start, end)
+    except Exception as e:  # noqa: BLE001 - VideoError or not, it is this source's failure
+        return [_failure_row(uri, source_id, "probe", e)]
+    # A source that failed before may have a failure row keyed by the whole source.
+    RunDir(run_root).clear_failure(source_id)
+    rows = []
+    for span_start, span_end in span_list:
+        clip = ClipRef(
+            clip_id=make_clip_id(uri, span_start, span_end),
+            source_uri=uri,
+            start_s=span_start,
+            end_s=span_end,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            num_frames=max(0, round((span_end - span_start) * info.fps)),
+            rotation=info.rotation,
+            codec=info.codec,
+            variable_frame_rate=info.variable_frame_rate,
+        )
+        record = Record(
+            clip=clip,
+            provenance=Provenance(recipe=recipe_name, recipe_hash=recipe_hash, run_id=run_id),
+        )
+        rows.append(
+            {
+                "source_uri": uri,
+                "clip_id": clip.clip_id,
+                "probe": json.dumps(asdict(info)),
+                "record": record.model_dump_json(),
+                "failure": "",
+                "stage_seconds": "{}",
+                "skipped": "[]",
+            }
+        )
+    return rows
+
+
+def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if target.get(part) is None:
+            target[part] = {}
+        target = target[part]
+    target[leaf] = value
+
+
+def apply_output(record: Record, output: dict[str, Any], provenance: StageProvenance) -> Record:
+    """A new record with a stage's output fields set and its provenance entry replaced."""
+    data = record.model_dump(mode="json")
+    for key, value in output.items():
+        _set_path(data, key, value)
+    stages = [s for s in data["provenance"]["stages"] if s["stage"] != provenance.stage]
+    stages.append(provenance.model_dump(mode="json"))
+    data["provenance"]["stages"] = stages
+    return Record.model_validate(data)
+
+
+class StageActor:
+    """One actor of a stage's pool: builds the annotator once, then serves batches."""
+
+    def __init__(
+        self,
+        spec: StageSpec,
+        run_root: str,
+        artifacts_root: str,
+        run_id: str,
+        readers: list[str],
+    ) -> None:
+        self.spec = spec
+        self.annotator = spec.build()
+        self.run_dir = RunDir(run_root)
+        self.artifacts = ArtifactStore(artifacts_root)
+        self.run_id = run_id
+        self.readers = tuple(readers)
+        self.node = socket.gethostname()
+        import ray
+
+        if ray.is_initialized():  # in the plain loop the host name will do
+            self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        return pa.Table.from_pylist(self.process(rows), schema=ROW_SCHEMA)
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        spec = self.spec
+        pending: list[tuple[int, ClipInput, float]] = []
+        for i, row in enumerate(rows):
+            if row["failure"]:
+                continue
+            record = Record.model_validate_json(row["record"])
+            marker = self.run_dir.load_marker(spec.name, record.clip_id)
+            if marker is not None and marker.config_hash == spec.config_hash:
+                row["record"] = apply_output(
+                    record, marker.output, marker.provenance
+                ).model_dump_json()
+                row["skipped"] = json.dumps([*json.loads(row["skipped"]), spec.name])
+                continue
+            started = time.perf_counter()
+            try:
+                info = VideoInfo(**json.loads(row["probe"]))
+                with local_video(record.clip.source_uri) as path:
+                    sampled = sample_frames(
+                        path,
+                        info,
+                        record.clip.start_s,
+                        record.clip.end_s,
+                        spec.sampling,
+                        self.readers,
+                    )
+            except Exception as e:  # noqa: BLE001 - every decode error is this clip's failure
+                rows[i] = _failure_row(row["source_uri"], record.clip_id, spec.name, e)
+                continue
+            clip_input = ClipInput(
+                clip=record.clip,
+                frames=sampled.frames,
+                timestamps_s=list(sampled.timestamps_s),
+                record=record,
+                artifacts=self.artifacts.sink(record.clip_id, spec.name),
+            )
+            pending.append((i, clip_input, time.perf_counter() - started))
+        if pending:
+            self._annotate(rows, pending)
+        return rows
+
+    def _call_annotator(self, inputs: list[ClipInput]) -> list[dict[str, Any] | BaseException]:
+        outputs = self.annotator(inputs)
+        if len(outputs) != len(inputs):
+            raise RuntimeError(
+                f"annotator {self.spec.name} returned {len(outputs)} outputs for {len(inputs)} clips"
+            )
+        return outputs
+
+    def _annotate(
+        self, rows: list[dict[str, Any]], pending: list[tuple[int, ClipInput, float]]
+    ) -> None:
+        spec = self.spec
+        started = time.perf_counter()
+        try:
+            outputs = self._call_annotator([p[1] for p in pending])
+            shared = (time.perf_counter() - started) / len(pending)
+            results = [(p, out, p[2] + shared) for p, out in zip(pending, outputs, strict=True)]
+        except Exception:  # noqa: BLE001 - isolate the bad clip by retrying one at a time
+            results = []
+            for p in pending:
+                one_start = time.perf_counter()
+                try:
+                    out: dict[str, Any] | BaseException = self._call_annotator([p[1]])[0]
+                except Exception as e:  # noqa: BLE001
+                    out = e
+                results.append((p, out, p[2] + time.perf_counter() - one_start))
+        for (i, clip_input, _), out, seconds in results:
+            row = rows[i]
+            record = clip_input.record
+            if isinstance(out, BaseException):
+                rows[i] = _failure_row(row["source_uri"], record.clip_id, spec.name, out)
+                continue
+            try:
+                unknown = set(out) - set(self.annotator.writes)
+                if unknown:
+                    raise RuntimeError(
+                        f"annotator {spec.name} wrote {sorted(unknown)}, "
+                        f"declared {list(self.annotator.writes)}"
+                    )
+                output = {
+                    k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+                    for k, v in out.items()
+                }
+                provenance = StageProvenance(
+                    stage=spec.name,
+                    annotator_version=self.annotator.version,
+                    config_hash=spec.config_hash,
+                    run_id=self.run_id,
+                    seconds=round(seconds, 4),
+                    finished_at=utc_now(),
+                    models=self.annotator.models(),
+                    node=self.node,
+                )
+                new_record = apply_output(record, output, provenance)
+                self.run_dir.save_marker(
+                    StageMarker(
+                        stage=spec.name,
+                        clip_id=record.clip_id,
+                        config_hash=spec.config_hash,
+                        output=output,
+                        provenance=provenance,
+                    )
+                )
+            except Exception as e:  # noqa: BLE001 - invalid output is this clip's failure
+                rows[i] = _failure_row(row["source_uri"], record.clip_id, spec.name, e)
+                continue
+            row["record"] = new_record.model_dump_json()
+            timings = json.loads(row["stage_seconds"])
+            timings[spec.name] = round(seconds, 4)
+            row["stage_seconds"] = json.dumps(timings)
+
+
+def finalize_rows(rows: list[dict[str, Any]], run_root: str) -> list[dict[str, Any]]:
+    """Write each clip's record (or failure) to the run directory; pass small rows on."""
+    run_dir = RunDir(run_root)
+    for row in rows:
+        if row["failure"]:
+            failure = run_dir.save_failure(Failure.model_validate_json(row["failure"]))
+            row["failure"] = failure.model_dump_json()
+        else:
+            record = Record.model_validate_json(row["record"])
+            run_dir.save_record(record)
+            run_dir.clear_failure(record.clip_id)
+        row["record"] = ""  # the driver needs only the summary
+        row["probe"] = ""
+    return rows
+
+
+def _finalize_batch(batch: pa.Table, run_root: str) -> pa.Table:
+    return pa.Table.from_pylist(finalize_rows(batch.to_pylist(), run_root), schema=ROW_SCHEMA)
+
+
+def _probe_batch(batch: pa.Table, **kwargs: Any) -> pa.Table:
+    rows = [r for item in batch.to_pylist() for r in probe_source(item, **kwargs)]
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+def ensure_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS, or start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+
+
+def run_ray(
+    resolved: ResolvedRecipe,
+    sources: list[dict[str, Any]],
+    run_root: str,
+    artifacts_root: str,
+    run_id: str,
+    limit: int | None,
+) -> Iterator[dict[str, Any]]:
+    """Stream the summary rows of a build executed by Ray Data."""
+    import ray
+    import ray.data
+
+    ensure_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    recipe = resolved.recipe
+    ds: ray.data.Dataset = ray.data.from_items(
+        sources, override_num_blocks=max(1, min(len(sources), 64))
+    )
+    ds = ds.map_batches(
+        _probe_batch,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0.25,
+        fn_kwargs={
+            "spans": recipe.spans.model_dump(),
+            "run_root": run_root,
+            "recipe_name": recipe.name,
+            "recipe_hash": resolved.recipe_hash,
+            "run_id": run_id,
+        },
+    )
+    if limit is not None:
+        ds = ds.limit(limit)
+    for spec in resolved.stages:
+        res = spec.resources
+        ds = ds.map_batches(
+            StageActor,
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            memory=res.memory_gb * 2**30 if res.memory_gb else None,
+            fn_constructor_kwargs={
+                "spec": spec,
+                "run_root": run_root,
+                "artifacts_root": artifacts_root,
+                "run_id": run_id,
+                "readers": list(recipe.readers),
+            },
+        )
+    ds = ds.map_batches(
+        functools.partial(_finalize_batch, run_root=run_root),
+        batch_format="pyarrow",
+        num_cpus=0.25,
+    )
+    yield from ds.iter_rows()
+
+
+def run_local(
+    resolved: ResolvedRecipe,
+    sources: list[dict[str, Any]],
+    run_root: str,
+    artifacts_root: str,
+    run_id: str,
+    limit: int | None,
+) -> Iterator[dict[str, Any]]:
+    """The same stages called in a plain loop in this process (baseline and debugging)."""
+    recipe = resolved.recipe
+    rows: list[dict[str, Any]] = []
+    for item in sources:
+        rows.extend(
+            probe_source(
+                item,
+                recipe.spans.model_dump(),
+                run_root,
+                recipe.name,
+                resolved.recipe_hash,
+                run_id,
+            )
+        )
+    if limit is not None:
+        rows = rows[:limit]
+    for spec in resolved.stages:
+        actor = StageActor(spec, run_root, artifacts_root, run_id, list(recipe.readers))
+        size = spec.resources.batch_size
+        rows = [r for i in range(0, len(rows), size) for r in actor.process(rows[i : i + size])]
+    yield from finalize_rows(rows, run_root)
+
+
+Executor = Callable[
+    [ResolvedRecipe, list[dict[str, Any]], str, str, str, int | None], Iterator[dict[str, Any]]
+]
+EXECUTORS: dict[str, Executor] = {"ray": run_ray, "local": run_local}

@@ -1,0 +1,134 @@
+"""The run directory: stage markers (resume), records, failures and reports.
+
+Layout (every file written atomically, one file per clip, so a re-run after a kill can
+neither lose nor duplicate a clip)::
+
+    RUN_DIR/
+      run.json                          recipe and run history
+      stages/<stage>/<clip_id>.json     a finished stage: config hash, output, provenance
+      records/<clip_id>.json            the assembled record
+      failures/<clip_id>.json           the clip's current failure (removed once it succeeds)
+      reports/<run_id>.json, report.json
+      artifacts/<clip_id>/<stage>/...   payload files (default artifact store)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.storage import Storage
+from schemas import Failure, Record, StageProvenance
+
+
+class StageMarker(BaseModel):
+    """Proof that a stage finished a clip with a given config: what resume trusts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    clip_id: str
+    config_hash: str
+    output: dict[str, Any]
+    provenance: StageProvenance
+
+
+class RunInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: dict[str, Any]
+    recipe_hash: str
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RunDir:
+    def __init__(self, root: str) -> None:
+        self.storage = Storage(root)
+        self.root = self.storage.root
+
+    # stage markers
+    def load_marker(self, stage: str, clip_id: str) -> StageMarker | None:
+        rel = f"stages/{stage}/{clip_id}.json"
+        try:
+            return StageMarker.model_validate_json(self.storage.read(rel))
+        except FileNotFoundError:
+            return None
+
+    def save_marker(self, marker: StageMarker) -> None:
+        self.storage.write_atomic(
+            f"stages/{marker.stage}/{marker.clip_id}.json", marker.model_dump_json().encode()
+        )
+
+    # records
+    def save_record(self, record: Record) -> bool:
+        """Write the record; returns False when an identical one is already there."""
+        rel = f"records/{record.clip_id}.json"
+        data = record.model_dump_json(indent=1).encode()
+        try:
+            if self.storage.read(rel) == data:
+                return False
+        except FileNotFoundError:
+            pass
+        self.storage.write_atomic(rel, data)
+        return True
+
+    def records(self) -> Iterator[Record]:
+        for name in self.storage.list("records", ".json"):
+            yield Record.model_validate_json(self.storage.read(f"records/{name}"))
+
+    def has_record(self, clip_id: str) -> bool:
+        return self.storage.exists(f"records/{clip_id}.json")
+
+    # failures
+    def load_failure(self, clip_id: str) -> Failure | None:
+        try:
+            return Failure.model_validate_json(self.storage.read(f"failures/{clip_id}.json"))
+        except FileNotFoundError:
+            return None
+
+    def save_failure(self, failure: Failure) -> Failure:
+        """Record a failure, counting attempts across re-runs."""
+        previous = self.load_failure(failure.clip_id)
+        if previous is not None:
+            failure = failure.model_copy(update={"attempt": previous.attempt + 1})
+        self.storage.write_atomic(
+            f"failures/{failure.clip_id}.json", failure.model_dump_json(indent=1).encode()
+        )
+        return failure
+
+    def clear_failure(self, clip_id: str) -> None:
+        self.storage.delete(f"failures/{clip_id}.json")
+
+    def failures(self) -> Iterator[Failure]:
+        for name in self.storage.list("failures", ".json"):
+            yield Failure.model_validate_json(self.storage.read(f"failures/{name}"))
+
+    # run info and reports
+    def load_info(self) -> RunInfo | None:
+        try:
+            return RunInfo.model_validate_json(self.storage.read("run.json"))
+        except FileNotFoundError:
+            return None
+
+    def save_info(self, info: RunInfo) -> None:
+        self.storage.write_atomic("run.json", info.model_dump_json(indent=1).encode())
+
+    def save_report(self, report: dict[str, Any]) -> None:
+        data = json.dumps(report, indent=1, default=str).encode()
+        self.storage.write_atomic(f"reports/{report['run_id']}.json", data)
+        self.storage.write_atomic("report.json", data)
+
+    def load_report(self) -> dict[str, Any]:
+        try:
+            report: dict[str, Any] = json.loads(self.storage.read("report.json"))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{self.root} has no report.json: is it a run directory?"
+            ) from e
+        return report
+
+    def artifacts_uri(self) -> str:
+        return self.storage.uri("artifacts")

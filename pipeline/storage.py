@@ -1,0 +1,130 @@
+"""Atomic file storage on a local folder or any fsspec URI, and the artifact store built on it.
+
+Every file the pipeline writes goes through :meth:`Storage.write_atomic`: on a local disk a
+temporary file in the same folder, fsync, then rename; on object stores a single PUT, which
+is atomic there. A reader therefore sees a whole file or none, whatever kills the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from schemas import PayloadRef
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+class Storage:
+    """A root folder (local path or fsspec URI) with atomic writes and simple listing."""
+
+    def __init__(self, root: str) -> None:
+        if _is_local(root):
+            root = os.path.abspath(root.removeprefix("file://"))
+        self.root = root.rstrip("/")
+        self.fs, self._fs_root = fsspec.core.url_to_fs(self.root)
+        self.local = isinstance(self.fs, LocalFileSystem)
+
+    def uri(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def _path(self, rel: str) -> str:
+        return posixpath.join(self._fs_root, rel)
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        path = self._path(rel)
+        if self.local:
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read(self, rel: str) -> bytes:
+        data: bytes = self.fs.cat_file(self._path(rel))
+        return data
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self._path(rel)))
+
+    def delete(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(rel))
+
+    def list(self, rel_dir: str, suffix: str = "") -> Iterator[str]:
+        """Names (not paths) of the finished files in a folder; temporaries are hidden."""
+        path = self._path(rel_dir)
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return
+        for entry in sorted(entries):
+            name = posixpath.basename(str(entry).rstrip("/"))
+            if name.startswith(".tmp-") or not name.endswith(suffix):
+                continue
+            yield name
+
+
+class ArtifactStore:
+    """Per-clip payload files: ``ROOT/<clip_id>/<stage>/<name>``."""
+
+    def __init__(self, root: str) -> None:
+        self.storage = Storage(root)
+
+    def put(self, clip_id: str, stage: str, name: str, data: bytes, media_type: str) -> PayloadRef:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"artifact names are plain file names, got {name!r}")
+        rel = f"{clip_id}/{stage}/{name}"
+        self.storage.write_atomic(rel, data)
+        return PayloadRef(
+            uri=self.storage.uri(rel),
+            media_type=media_type,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    def sink(self, clip_id: str, stage: str) -> ClipArtifacts:
+        return ClipArtifacts(self, clip_id, stage)
+
+
+class ClipArtifacts:
+    """The :class:`annotators.ArtifactSink` handed to an annotator for one clip."""
+
+    def __init__(self, store: ArtifactStore, clip_id: str, stage: str) -> None:
+        self.store, self.clip_id, self.stage = store, clip_id, stage
+
+    def put(self, name: str, data: bytes, media_type: str) -> PayloadRef:
+        return self.store.put(self.clip_id, self.stage, name, data, media_type)
+
+
+def read_payload(ref: PayloadRef, verify: bool = True) -> bytes:
+    """Bytes of a payload file, checked against its recorded sha256."""
+    with fsspec.open(ref.uri, "rb") as f:
+        data: bytes = f.read()
+    if verify and hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise ValueError(f"payload {ref.uri} does not match its sha256")
+    return data
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]

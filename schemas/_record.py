@@ -1,0 +1,240 @@
+"""The dataset record and the failure row: the data contract every layer shares.
+
+A record is one clip with whatever conditions, statistics, caption and review state the
+pipeline has produced for it so far; every optional part stays ``None`` until a stage
+fills it. A failure row is what a clip becomes when a stage cannot process it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0.0"
+
+# Fixed namespace so clip ids are stable across machines, runs and versions.
+CLIP_NAMESPACE = uuid.UUID("6f1c3c4e-8a51-4c59-9d0e-2b7f3a1d9e42")
+
+CAPTION_COMPONENTS: tuple[str, ...] = (
+    "dense",
+    "main_object",
+    "background",
+    "camera",
+    "style",
+    "action",
+)
+
+
+def make_clip_id(source_uri: str, start_s: float | None, end_s: float | None) -> str:
+    """uuid5 of the source URI and the span, rounded to the millisecond.
+
+    ``start_s``/``end_s`` of ``None`` names the source as a whole (used for failures
+    that happen before any span is known, such as an unreadable file).
+    """
+    if start_s is None or end_s is None:
+        key = f"{source_uri}#source"
+    else:
+        key = f"{source_uri}#{start_s:.3f}-{end_s:.3f}"
+    return str(uuid.uuid5(CLIP_NAMESPACE, key))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ClipRef(_Model):
+    """Where a clip comes from and what its video stream looks like."""
+
+    clip_id: str
+    source_uri: str
+    start_s: float = Field(ge=0)
+    end_s: float = Field(gt=0)
+    fps: float = Field(gt=0)
+    width: int = Field(gt=0, description="display width, after rotation")
+    height: int = Field(gt=0, description="display height, after rotation")
+    num_frames: int = Field(ge=0, description="frames inside [start_s, end_s)")
+    rotation: int = Field(default=0, description="display rotation in degrees (0/90/180/270)")
+    codec: str = ""
+    variable_frame_rate: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+class PayloadRef(_Model):
+    """A file in the artifact store that belongs to one clip."""
+
+    uri: str
+    media_type: str
+    bytes: int = Field(ge=0)
+    sha256: str
+
+
+class ColorSwatch(_Model):
+    hex: str
+    fraction: float = Field(ge=0, le=1)
+
+
+class ClipStats(_Model):
+    """Cheap statistics over the sampled frames."""
+
+    frames_sampled: int
+    mean_brightness: float = Field(ge=0, le=1, description="mean Rec.601 luma, 0..1")
+    palette: list[ColorSwatch]
+    motion_magnitude: float = Field(
+        ge=0, description="mean absolute luma difference between consecutive samples, 0..1"
+    )
+
+
+class Keyframes(_Model):
+    """JPEG keyframes of the clip, shown to the caption writer and the reviewer."""
+
+    timestamps_s: list[float]
+    frames: list[PayloadRef]
+
+
+class DepthCondition(_Model):
+    model_id: str
+    frames: int
+    timestamps_s: list[float]
+    normalization: str = Field(description="how stored values map back to relative inverse depth")
+    payload: PayloadRef
+    preview: PayloadRef | None = None
+
+
+class PoseCondition(_Model):
+    model_id: str
+    frames: int
+    max_persons: int
+    timestamps_s: list[float]
+    keypoints: PayloadRef
+    rendering: PayloadRef | None = None
+
+
+class Identity(_Model):
+    identity_id: int
+    label: str
+    frames_present: int
+    mean_area_fraction: float = Field(ge=0, le=1)
+    crop: PayloadRef
+    boxes: PayloadRef | None = None
+
+
+class IdentitiesCondition(_Model):
+    model_ids: list[str]
+    identities: list[Identity]
+    stitched_reference: PayloadRef
+
+
+class CameraCondition(_Model):
+    source: Literal["estimated", "realestate10k", "motionctrl"]
+    frames: int
+    labels: list[str]
+    description: str
+    trajectory: PayloadRef
+
+
+class Conditions(_Model):
+    depth: DepthCondition | None = None
+    pose: PoseCondition | None = None
+    identities: IdentitiesCondition | None = None
+    camera: CameraCondition | None = None
+
+    def present(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+
+class StructuredCaption(_Model):
+    """The six components of Any2Caption's structured caption."""
+
+    dense: str = Field(min_length=1)
+    main_object: str = Field(min_length=1)
+    background: str = Field(min_length=1)
+    camera: str = Field(min_length=1)
+    style: str = Field(min_length=1)
+    action: str = Field(min_length=1)
+
+    def numbered_text(self) -> str:
+        titles = ("Dense", "Main object", "Background", "Camera", "Style", "Action")
+        return "\n".join(
+            f"{i}. {title} caption: {getattr(self, name)}"
+            for i, (title, name) in enumerate(zip(titles, CAPTION_COMPONENTS, strict=True), 1)
+        )
+
+
+class ModelInfo(_Model):
+    model_id: str
+    version: str = ""
+    license: str = ""
+
+
+class StageProvenance(_Model):
+    """What one stage did to a record, and with what."""
+
+    stage: str
+    annotator_version: str
+    config_hash: str
+    run_id: str
+    seconds: float = Field(ge=0)
+    finished_at: datetime
+    models: list[ModelInfo] = Field(default_factory=list)
+    prompt_hashes: dict[str, str] = Field(default_factory=dict)
+    node: str = ""
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class Provenance(_Model):
+    recipe: str
+    recipe_hash: str
+    run_id: str
+    schema_version: str = SCHEMA_VERSION
+    stages: list[StageProvenance] = Field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+class ReviewState(_Model):
+    status: Literal["pending", "accepted", "rejected", "edited"] = "pending"
+    reviewer: str | None = None
+    decided_at: datetime | None = None
+    reason: str | None = None
+    edits: dict[str, str] = Field(default_factory=dict)
+
+
+class Record(_Model):
+    """One clip of the dataset, as far as the pipeline has got with it."""
+
+    schema_version: str = SCHEMA_VERSION
+    clip: ClipRef
+    stats: ClipStats | None = None
+    keyframes: Keyframes | None = None
+    conditions: Conditions = Field(default_factory=Conditions)
+    caption: StructuredCaption | None = None
+    short_prompt: str | None = None
+    provenance: Provenance
+    review: ReviewState = Field(default_factory=ReviewState)
+
+    @property
+    def clip_id(self) -> str:
+        return self.clip.clip_id
+
+
+class Failure(_Model):
+    """A clip that a stage could not process: recorded, never dropped."""
+
+    clip_id: str
+    source_uri: str
+    stage: str
+    error_type: str
+    message: str
+    attempt: int = Field(default=1, ge=1)
+    time: datetime = Field(default_factory=utc_now)

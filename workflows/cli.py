@@ -1,0 +1,182 @@
+"""The ``any2cap`` command line: build runs and look at what they produced."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.recipe import RecipeError
+from pipeline.rundir import RunDir
+from pipeline.sources import SourceError, list_sources
+
+app = typer.Typer(
+    help="Build Any2CapIns-style datasets: conditions, structured captions, review, shards.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+err = Console(stderr=True)
+out = Console()
+
+
+@app.command()
+def build(
+    recipe: Annotated[str, typer.Argument(help="shipped recipe name (demo) or a YAML path")],
+    input: Annotated[
+        str,
+        typer.Option("--input", "-i", help="folder, manifest (csv/parquet/jsonl), video or URI"),
+    ],
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="run directory (path or URI)")],
+    limit: Annotated[int | None, typer.Option(help="process at most N clips", min=1)] = None,
+    strict: Annotated[bool, typer.Option(help="exit 1 if any clip failed")] = False,
+    executor: Annotated[
+        str, typer.Option(help="ray (default; RAY_ADDRESS joins a cluster) or local (plain loop)")
+    ] = "ray",
+    progress: Annotated[bool, typer.Option(help="live progress display")] = True,
+) -> None:
+    """Run RECIPE over the clips in INPUT into RUN_DIR; re-running resumes."""
+    from pipeline.build import run_build
+    from workflows.recipes import load_recipe
+
+    if executor not in ("ray", "local"):
+        err.print(f"[red]unknown executor {executor!r} (ray or local)")
+        raise typer.Exit(2)
+    try:
+        resolved = load_recipe(recipe)
+        sources = list_sources(input)
+    except (RecipeError, SourceError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    if not sources:
+        err.print(f"[red]error:[/red] no videos found in {input}")
+        raise typer.Exit(2)
+    where = os.environ.get("RAY_ADDRESS") or "local Ray" if executor == "ray" else "plain loop"
+    err.print(
+        f"recipe [bold]{resolved.recipe.name}[/bold] ({len(resolved.stages)} stages), "
+        f"{len(sources)} sources -> {out_dir} on {where}"
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(ok: int, failed: int) -> None:
+            bar.update(task, description=f"{ok} records, {failed} failures")
+
+        report = run_build(
+            resolved, sources, out_dir, limit=limit, executor=executor, progress=update
+        )
+    data = report.model_dump(mode="json")
+    _print_report(data)
+    err.print(f"report: {os.path.join(report.run_dir, 'report.json')}")
+    if report.clips_in and report.records_ok == 0:
+        err.print("[red]every clip failed[/red]")
+        raise typer.Exit(1)
+    if strict and report.failed:
+        err.print(f"[red]--strict: {report.failed} clips failed[/red]")
+        raise typer.Exit(1)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    summary = Table(title=f"run {report['run_id']} ({report['recipe']})", show_header=False)
+    for key in ("clips_in", "records_ok", "records_resumed", "failed", "wall_seconds"):
+        summary.add_row(key, str(report[key]))
+    out.print(summary)
+    stages = Table(title="stages")
+    for col in ("stage", "clips run", "resumed", "seconds", "s/clip"):
+        stages.add_column(col)
+    for name, t in report["stages"].items():
+        stages.add_row(
+            name,
+            str(t["clips"]),
+            str(t["skipped"]),
+            f"{t['seconds']:.2f}",
+            f"{t['seconds_per_clip']:.3f}",
+        )
+    out.print(stages)
+    if report["failures"]:
+        failures = Table(title="failures")
+        for col in ("source", "stage", "error", "message"):
+            failures.add_column(col, overflow="fold")
+        for f in report["failures"]:
+            failures.add_row(
+                os.path.basename(f["source_uri"]), f["stage"], f["error_type"], f["message"][:160]
+            )
+        out.print(failures)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_dir: Annotated[str, typer.Argument(help="run directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """The report of the last build in RUN_DIR."""
+    try:
+        report = RunDir(run_dir).load_report()
+    except FileNotFoundError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    else:
+        _print_report(report)
+
+
+@runs_app.command("records")
+def runs_records(
+    run_dir: Annotated[str, typer.Argument(help="run directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """The records in RUN_DIR."""
+    records = sorted(RunDir(run_dir).records(), key=lambda r: (r.clip.source_uri, r.clip.start_s))
+    if as_json:
+        for r in records:
+            sys.stdout.write(r.model_dump_json() + "\n")
+        return
+    table = Table(title=f"{len(records)} records")
+    for col in (
+        "clip_id",
+        "source",
+        "span (s)",
+        "size",
+        "brightness",
+        "motion",
+        "palette",
+        "stages",
+    ):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        stats = r.stats
+        table.add_row(
+            r.clip_id[:8],
+            os.path.basename(r.clip.source_uri),
+            f"{r.clip.start_s:.2f}-{r.clip.end_s:.2f}",
+            f"{r.clip.width}x{r.clip.height}",
+            f"{stats.mean_brightness:.3f}" if stats else "-",
+            f"{stats.motion_magnitude:.4f}" if stats else "-",
+            " ".join(s.hex for s in stats.palette) if stats else "-",
+            ",".join(s.stage for s in r.provenance.stages),
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
