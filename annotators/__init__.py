@@ -17,6 +17,14 @@ BUILTIN_ANNOTATORS: dict[str, type[Annotator]] = {
     cls.name: cls for cls in (ClipStatsAnnotator, KeyframesAnnotator)
 }
 
+
+def all_annotators() -> dict[str, type[Annotator]]:
+    """Built-in stages plus those of every registered condition type (plugins included)."""
+    from annotators.conditions import condition_annotators
+
+    return {**BUILTIN_ANNOTATORS, **condition_annotators()}
+
+
 __all__ = [
     "BUILTIN_ANNOTATORS",
     "Annotator",
@@ -28,5 +36,6 @@ __all__ = [
     "KeyframesAnnotator",
     "MissingDependency",
     "Resources",
+    "all_annotators",
     "config_hash",
 ]

@@ -147,9 +147,14 @@ class Conditions(_Model):
     pose: PoseCondition | None = None
     identities: IdentitiesCondition | None = None
     camera: CameraCondition | None = None
+    # third-party condition types: name -> their summary model as JSON
+    extra: dict[str, str] = Field(default_factory=dict)
 
     def present(self) -> list[str]:
-        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+        builtin = [
+            name for name in type(self).model_fields if name != "extra" and getattr(self, name)
+        ]
+        return builtin + sorted(self.extra)
 
 
 class StructuredCaption(_Model):

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from annotators import BUILTIN_ANNOTATORS
+from annotators import all_annotators
 from pipeline.recipe import RecipeError, ResolvedRecipe, load_recipe_file, resolve_recipe
 
 
@@ -34,4 +34,4 @@ def load_recipe(name_or_path: str) -> ResolvedRecipe:
                 "or give a path to a YAML file"
             )
         data = yaml.safe_load(resource.read_text())
-    return resolve_recipe(data, BUILTIN_ANNOTATORS)
+    return resolve_recipe(data, all_annotators())
