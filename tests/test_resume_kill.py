@@ -1,0 +1,132 @@
+"""A build killed with SIGKILL at any moment, then re-run, ends with every clip exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import media
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+CLIPS = 8
+
+
+def _start(src: Path, out: Path, executor: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [
+            str(BIN / "any2cap"),
+            "build",
+            "demo",
+            "--input",
+            str(src),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--executor",
+            executor,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so the kill takes the whole process group, Ray's too
+    )
+
+
+def _markers(out: Path) -> int:
+    return sum(1 for _ in (out / "stages").glob("*/*.json")) if (out / "stages").exists() else 0
+
+
+def _settled_markers(out: Path, quiet_s: float = 3.0) -> int:
+    """Marker count once it stops changing: Ray workers orphaned by the kill may finish the
+    clip in hand (atomically) before they notice their driver is gone."""
+    count, since = _markers(out), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.1)
+        now = _markers(out)
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    for i in range(CLIPS):
+        media.make_video(src / f"clip{i:02d}.mp4", seconds=2.0, width=320, height=240)
+    return src
+
+
+@pytest.mark.parametrize(
+    ("executor", "kill_after_markers"),
+    [("local", 3), ("local", 9), ("ray", 2), ("ray", 7)],
+)
+def test_sigkill_then_rerun_gives_every_clip_once(
+    sources: Path, tmp_path: Path, executor: str, kill_after_markers: int
+) -> None:
+    out = tmp_path / "run"
+    proc = _start(sources, out, executor)
+    deadline = time.monotonic() + 300
+    while _markers(out) < kill_after_markers and proc.poll() is None:
+        assert time.monotonic() < deadline, "the build made no progress"
+        time.sleep(0.02)
+    killed_mid_run = proc.poll() is None
+    _kill_group(proc)
+    done_before = _settled_markers(out)
+
+    rerun = subprocess.run(
+        [
+            str(BIN / "any2cap"),
+            "build",
+            "demo",
+            "--input",
+            str(sources),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--executor",
+            executor,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["clips_in"] == CLIPS and report["records_ok"] == CLIPS and report["failed"] == 0
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert len(records) == CLIPS
+    assert len({r["clip"]["clip_id"] for r in records}) == CLIPS
+    assert sorted(Path(r["clip"]["source_uri"]).name for r in records) == sorted(
+        p.name for p in sources.glob("*.mp4")
+    )
+    for r in records:
+        assert [s["stage"] for s in r["provenance"]["stages"]] == ["clip_stats", "keyframes"]
+        assert r["stats"] is not None and len(r["keyframes"]["frames"]) == 4
+    # what finished before the kill was not done again
+    if killed_mid_run:
+        skipped = sum(s["skipped"] for s in report["stages"].values())
+        assert skipped == done_before
+        assert sum(s["clips"] for s in report["stages"].values()) == 2 * CLIPS - done_before
+    assert _markers(out) == 2 * CLIPS
+    # no partial file is visible under its final name
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text())
