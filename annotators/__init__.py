@@ -1,6 +1,7 @@
 """Per-clip logic: frames in, condition / statistics / caption out. No Ray here."""
 
 from annotators.base import (
+    PROVENANCE_KEY,
     Annotator,
     AnnotatorConfig,
     ArtifactSink,
@@ -27,6 +28,7 @@ def all_annotators() -> dict[str, type[Annotator]]:
 
 __all__ = [
     "BUILTIN_ANNOTATORS",
+    "PROVENANCE_KEY",
     "Annotator",
     "AnnotatorConfig",
     "ArtifactSink",

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import ClipRef, ModelInfo, PayloadRef, Record
 
+PROVENANCE_KEY = "_provenance"
+
 
 class MissingDependency(RuntimeError):
     """A package or model file an annotator needs is not there; raised when it is built."""
@@ -74,8 +76,11 @@ class Annotator(ABC):
     """Subclasses set ``name``, ``Config`` and override :meth:`setup` and :meth:`__call__`.
 
     ``__call__`` returns one item per input clip, in order: either a dict of record fields to
-    set (e.g. ``{"stats": ClipStats(...)}``) or an exception instance for a clip that failed;
-    raising fails the whole batch, and the engine then retries the clips one at a time.
+    set (e.g. ``{"stats": ClipStats(...)}``, dotted paths such as ``"conditions.depth"`` for
+    nested fields) or an exception instance for a clip that failed; raising fails the whole
+    batch, and the engine then retries the clips one at a time. The optional key
+    ``PROVENANCE_KEY`` maps to a ``dict[str, str]`` of per-clip details for the stage's
+    provenance entry (e.g. which caption writer produced the text).
     """
 
     name: ClassVar[str]
@@ -103,7 +108,12 @@ class Annotator(ABC):
         """Load models once per actor; raise MissingDependency for a missing model file."""
 
     def models(self) -> list[ModelInfo]:
+        """Models this annotator runs (ids, versions, licences), recorded in provenance."""
         return []
+
+    def prompt_hashes(self) -> dict[str, str]:
+        """Hashes of the prompt templates it uses, recorded in provenance."""
+        return {}
 
     @abstractmethod
     def __call__(self, batch: list[ClipInput]) -> list[dict[str, Any] | BaseException]: ...

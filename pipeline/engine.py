@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from annotators import ClipInput
+from annotators import PROVENANCE_KEY, ClipInput
 from pipeline.recipe import ResolvedRecipe, SpanConfig, StageSpec
 from pipeline.rundir import RunDir, StageMarker
 from pipeline.spans import make_spans
@@ -249,6 +249,8 @@ class StageActor:
                 rows[i] = _failure_row(row["source_uri"], record.clip_id, spec.name, out)
                 continue
             try:
+                out = dict(out)
+                details = {str(k): str(v) for k, v in (out.pop(PROVENANCE_KEY, None) or {}).items()}
                 unknown = set(out) - set(self.annotator.writes)
                 if unknown:
                     raise RuntimeError(
@@ -267,7 +269,9 @@ class StageActor:
                     seconds=round(seconds, 4),
                     finished_at=utc_now(),
                     models=self.annotator.models(),
+                    prompt_hashes=self.annotator.prompt_hashes(),
                     node=self.node,
+                    details=details,
                 )
                 new_record = apply_output(record, output, provenance)
                 self.run_dir.save_marker(
