@@ -62,6 +62,18 @@ def run_build(
     progress: ProgressFn | None = None,
 ) -> RunReport:
     run_dir = RunDir(run_root)
+    with run_dir.exclusive():
+        return _run_locked(resolved, sources, run_dir, limit, executor, progress)
+
+
+def _run_locked(
+    resolved: ResolvedRecipe,
+    sources: list[SourceItem],
+    run_dir: RunDir,
+    limit: int | None,
+    executor: str,
+    progress: ProgressFn | None,
+) -> RunReport:
     run_id = new_run_id()
     started_at = utc_now()
     t0 = time.perf_counter()

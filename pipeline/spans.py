@@ -23,7 +23,7 @@ def detect_scenes(
     from scenedetect import ContentDetector, detect
 
     scenes = detect(path, ContentDetector(threshold=threshold), start_time=start_s, end_time=end_s)
-    spans = [(s.get_seconds(), e.get_seconds()) for s, e in scenes]
+    spans = [(float(s.seconds), float(e.seconds)) for s, e in scenes]
     return spans or [(start_s, end_s)]
 
 

@@ -213,3 +213,19 @@ def test_failure_is_cleared_once_the_clip_succeeds(ray_session: None, tmp_path: 
     assert list((out / "failures").glob("*.json")) == []
     assert len(list(RunDir(str(out)).records())) == 2
     shutil.rmtree(out)
+
+
+def test_one_build_per_run_directory(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    media.make_video(src / "v.mp4", seconds=1.2)
+    out = tmp_path / "run"
+    (out / "stages" / "clip_stats").mkdir(parents=True)
+    leftover = out / "stages" / "clip_stats" / ".tmp-abc"
+    leftover.write_text("half a marker from a killed build")
+    with RunDir(str(out)).exclusive():
+        result = runner.invoke(app, ["build", "demo", "--input", str(src), "--out", str(out)])
+        assert result.exit_code == 2 and "another build is running" in result.output
+    code, report = build("demo", src, out, "--executor", "local", "--limit", "1")
+    assert code == 0 and report["records_ok"] == 1
+    assert not leftover.exists()

@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.recipe import RecipeError
-from pipeline.rundir import RunDir
+from pipeline.rundir import RunDir, RunDirBusy
 from pipeline.sources import SourceError, list_sources
 
 app = typer.Typer(
@@ -77,9 +77,13 @@ def build(
         def update(ok: int, failed: int) -> None:
             bar.update(task, description=f"{ok} records, {failed} failures")
 
-        report = run_build(
-            resolved, sources, out_dir, limit=limit, executor=executor, progress=update
-        )
+        try:
+            report = run_build(
+                resolved, sources, out_dir, limit=limit, executor=executor, progress=update
+            )
+        except RunDirBusy as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
     data = report.model_dump(mode="json")
     _print_report(data)
     err.print(f"report: {os.path.join(report.run_dir, 'report.json')}")
