@@ -112,6 +112,14 @@ def _print_report(report: dict[str, Any]) -> None:
             f"{t['seconds_per_clip']:.3f}",
         )
     out.print(stages)
+    if report["failures_by_stage"]:
+        by_stage = Table(title="failures by stage")
+        for col in ("stage", "error type", "clips"):
+            by_stage.add_column(col)
+        for stage, counts in report["failures_by_stage"].items():
+            for error_type, n in sorted(counts.items()):
+                by_stage.add_row(stage, error_type, str(n))
+        out.print(by_stage)
     if report["failures"]:
         failures = Table(title="failures")
         for col in ("source", "stage", "error", "message"):
