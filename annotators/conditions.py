@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -23,9 +24,11 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from annotators.base import Annotator
-from schemas import Conditions, Record, arrow_type
+from schemas import Conditions, PayloadRef, Record, arrow_type
 
 ENTRY_POINT_GROUP = "any2capins.conditions"
+
+PayloadReader = Callable[[PayloadRef], bytes]
 _OWN_PACKAGES = ("annotators",)
 
 
@@ -57,10 +60,14 @@ class ConditionType:
     @classmethod
     def read(cls, record: Record) -> BaseModel | None:
         """The condition's summary in a record, or None when the record has none."""
+        return cls.from_conditions(record.conditions)
+
+    @classmethod
+    def from_conditions(cls, conditions: Conditions) -> BaseModel | None:
         if cls.builtin_field():
-            value = getattr(record.conditions, cls.name)
+            value = getattr(conditions, cls.name)
             return value if value is None else cls.summary_model.model_validate(value.model_dump())
-        raw = record.conditions.extra.get(cls.name)
+        raw = conditions.extra.get(cls.name)
         return None if raw is None else cls.summary_model.model_validate(json.loads(raw))
 
     @classmethod
@@ -68,8 +75,12 @@ class ConditionType:
         return arrow_type(cls.summary_model)
 
     # what the rest of the system asks of a condition
-    def decode_payload(self, summary: BaseModel) -> dict[str, np.ndarray]:
-        """Arrays for training code and the review UI (e.g. depth frames, keypoints)."""
+    def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
+        """Arrays for training code and the review UI (e.g. depth frames, keypoints).
+
+        ``read`` returns a payload file's bytes: from the artifact store, or from the bytes
+        an export embedded in its shard; a decoder never opens URIs itself.
+        """
         return {}
 
     def grounding_facts(self, summary: BaseModel, record: Record) -> list[str]:

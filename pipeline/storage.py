@@ -14,6 +14,7 @@ import posixpath
 import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -70,6 +71,21 @@ class Storage:
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(rel))
+
+    def open(self, rel: str, mode: str = "rb") -> Any:
+        return self.fs.open(self._path(rel), mode)
+
+    def files(self, suffix: str = "") -> Iterator[str]:
+        """Relative paths of every finished file below the root; temporaries are hidden."""
+        root = self._path("").rstrip("/")
+        try:
+            found = self.fs.find(root)
+        except FileNotFoundError:
+            return
+        for path in sorted(str(p) for p in found):
+            rel = path[len(root) + 1 :]
+            if rel.endswith(suffix) and not posixpath.basename(rel).startswith(".tmp-"):
+                yield rel
 
     def list(self, rel_dir: str, suffix: str = "") -> Iterator[str]:
         """Names (not paths) of the finished files in a folder; temporaries are hidden."""

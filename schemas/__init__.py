@@ -32,6 +32,7 @@ from schemas._record import (
     make_clip_id,
     utc_now,
 )
+from schemas._shard import ShardRow
 
 __all__ = [
     "CAPTION_COMPONENTS",
@@ -52,6 +53,7 @@ __all__ = [
     "Provenance",
     "Record",
     "ReviewState",
+    "ShardRow",
     "StageProvenance",
     "StructuredCaption",
     "arrow_schema",

@@ -43,8 +43,13 @@ def arrow_type(tp: Any) -> pa.DataType:
         (item,) = get_args(tp)
         return pa.list_(arrow_type(item))
     if origin is dict:
+        # A list of key/value structs rather than an Arrow map: HF datasets cannot read maps.
         key, value = get_args(tp)
-        return pa.map_(arrow_type(key), arrow_type(value))
+        return pa.list_(
+            pa.struct(
+                [pa.field("key", arrow_type(key), nullable=False), ("value", arrow_type(value))]
+            )
+        )
     if origin is Literal:
         return pa.string()
     if tp is str:
@@ -86,7 +91,7 @@ def failure_arrow_schema() -> pa.Schema:
 
 
 def _from_arrow_value(tp: Any, value: Any) -> Any:
-    """Undo the shape changes Arrow makes (maps come back as lists of pairs)."""
+    """Undo the shape changes made for Arrow (dicts are stored as key/value lists)."""
     if value is None:
         return None
     tp, _ = _strip_optional(tp)
@@ -101,8 +106,9 @@ def _from_arrow_value(tp: Any, value: Any) -> Any:
         return [_from_arrow_value(item, v) for v in value]
     if origin is dict:
         _, vt = get_args(tp)
-        pairs = value.items() if isinstance(value, dict) else value
-        return {k: _from_arrow_value(vt, v) for k, v in pairs}
+        if isinstance(value, dict):
+            return {k: _from_arrow_value(vt, v) for k, v in value.items()}
+        return {kv["key"]: _from_arrow_value(vt, kv["value"]) for kv in value}
     return value
 
 
@@ -121,7 +127,7 @@ def _to_arrow_value(tp: Any, value: Any) -> Any:
         return [_to_arrow_value(item, v) for v in value]
     if origin is dict:
         _, vt = get_args(tp)
-        return [(k, _to_arrow_value(vt, v)) for k, v in value.items()]
+        return [{"key": k, "value": _to_arrow_value(vt, v)} for k, v in value.items()]
     return value
 
 

@@ -1,0 +1,244 @@
+"""The dataset card: SHARDS_DIR/README.md and its plots, computed from the shards themselves."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.storage import Storage
+from schemas import CAPTION_COMPONENTS, SCHEMA_VERSION, Conditions
+from workflows.export.shards import MANIFEST
+
+CONDITION_NAMES = [n for n in Conditions.model_fields if n != "extra"]
+COLUMNS = [
+    "clip",
+    "conditions",
+    "caption",
+    "short_prompt",
+    "machine_caption",
+    "provenance",
+    "review",
+]
+
+
+def _rows(storage: Storage, manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for shard in manifest["shards"]:
+        with storage.open(shard["path"]) as f:
+            yield from pq.read_table(f, columns=COLUMNS).to_pylist()
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def card_statistics(
+    rows: list[dict[str, Any]], review_stats: dict[str, Any] | None
+) -> dict[str, Any]:
+    instances: Counter[str] = Counter()
+    annotations: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
+    models: dict[str, str] = {}
+    prompts: dict[str, str] = {}
+    edited_components: Counter[str] = Counter()
+    durations = []
+    caption_words, prompt_words = [], []
+    for row in rows:
+        durations.append(row["clip"]["end_s"] - row["clip"]["start_s"])
+        conditions = row["conditions"]
+        for name in CONDITION_NAMES:
+            summary = conditions.get(name)
+            if summary is None:
+                continue
+            instances[name] += 1
+            # identities count one condition per identity, as in the paper's Table 1
+            annotations[name] += len(summary["identities"]) if name == "identities" else 1
+            if name == "camera":
+                labels.update(summary["labels"])
+        for kv in conditions.get("extra") or []:
+            name = kv["key"]
+            instances[name] += 1
+            annotations[name] += 1
+        caption_words.append(sum(_words(row["caption"][c]) for c in CAPTION_COMPONENTS))
+        prompt_words.append(_words(row["short_prompt"]))
+        machine = row.get("machine_caption")
+        if machine:
+            edited_components.update(
+                c for c in CAPTION_COMPONENTS if machine[c] != row["caption"][c]
+            )
+        for stage in row["provenance"]["stages"]:
+            for m in stage["models"]:
+                models[m["model_id"]] = m["license"] or "unknown"
+            for kv in stage["prompt_hashes"] or []:
+                prompts[kv["key"]] = kv["value"]
+    n = len(rows)
+    return {
+        "rows": n,
+        "instances": dict(instances),
+        "conditions": dict(annotations),
+        "avg_clip_s": round(sum(durations) / n, 2) if n else 0.0,
+        "total_hours": round(sum(durations) / 3600, 3),
+        "caption_words": caption_words,
+        "prompt_words": prompt_words,
+        "camera_labels": dict(labels.most_common()),
+        "edited_components": {c: edited_components[c] for c in CAPTION_COMPONENTS},
+        "models": models,
+        "prompt_hashes": prompts,
+        "review": review_stats or {},
+    }
+
+
+def _histogram_png(values: list[int], title: str, xlabel: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    if values:
+        ax.hist(values, bins=min(30, max(5, len(set(values)))), color="#4a78b5", edgecolor="white")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("records")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _bar_png(counts: dict[str, int], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    names = list(counts)
+    ax.barh(names or ["(none)"], [counts[k] for k in names] or [0], color="#4a78b5")
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel("records")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _range(values: list[int]) -> str:
+    if not values:
+        return "-"
+    return f"{min(values)}-{max(values)} (mean {sum(values) / len(values):.1f})"
+
+
+def write_card(shards_dir: str, review_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write README.md and the plots into SHARDS_DIR; returns the statistics it used."""
+    storage = Storage(shards_dir)
+    manifest = json.loads(storage.read(MANIFEST))
+    stats = card_statistics(list(_rows(storage, manifest)), review_stats)
+    storage.write_atomic(
+        "caption_words.png",
+        _histogram_png(
+            stats["caption_words"], "Structured caption length", "words (six components)"
+        ),
+    )
+    storage.write_atomic(
+        "prompt_words.png", _histogram_png(stats["prompt_words"], "Short prompt length", "words")
+    )
+    storage.write_atomic(
+        "camera_labels.png", _bar_png(stats["camera_labels"], "Camera motion labels")
+    )
+    storage.write_atomic("README.md", render_card(stats, manifest).encode())
+    return stats
+
+
+def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
+    n = stats["rows"]
+    lines = [
+        "# Any2CapIns-style dataset",
+        "",
+        "Video clips with extracted conditions (depth, human pose, identities, camera), a",
+        "six-part structured caption (dense, main object, background, camera, style, action)",
+        "and a short user-style prompt, each record checked by a person. Built with any2capins",
+        "(Any2Caption, arXiv 2503.24379, describes the format).",
+        "",
+        f"- records: **{n}** in {len(manifest['shards'])} Parquet shards (zstd), schema version"
+        f" {SCHEMA_VERSION}; `_manifest.json` lists every shard with rows, bytes and sha256",
+        f"- average clip length: {stats['avg_clip_s']} s; total: {stats['total_hours']} hours",
+        "",
+        "## Conditions",
+        "",
+        "| condition | instances | conditions |",
+        "|---|---|---|",
+    ]
+    for name in sorted(set(stats["instances"]) | set(CONDITION_NAMES)):
+        lines.append(
+            f"| {name} | {stats['instances'].get(name, 0)} | {stats['conditions'].get(name, 0)} |"
+        )
+    lines += [
+        "",
+        "## Text lengths",
+        "",
+        f"- structured caption words: {_range(stats['caption_words'])} (paper: 170-316, mean 231)",
+        f"- short prompt words: {_range(stats['prompt_words'])} (paper: 0-92, mean 55)",
+        "",
+        "![structured caption length](caption_words.png)",
+        "![short prompt length](prompt_words.png)",
+        "",
+        "## Camera motion labels",
+        "",
+    ]
+    if stats["camera_labels"]:
+        lines += [f"- {label}: {count}" for label, count in stats["camera_labels"].items()]
+    else:
+        lines.append("No record has a camera condition.")
+    lines += ["", "![camera motion labels](camera_labels.png)", "", "## Review", ""]
+    review = stats["review"]
+    if review:
+        for key, value in review.items():
+            lines.append(f"- {key}: {value}")
+    edited = stats["edited_components"]
+    lines += [
+        "",
+        "Records whose component was changed by a reviewer (among the exported records):",
+        "",
+        "| component | edited | rate |",
+        "|---|---|---|",
+    ]
+    for component, count in edited.items():
+        lines.append(
+            f"| {component} | {count} | {count / n:.1%} |" if n else f"| {component} | 0 | - |"
+        )
+    lines += ["", "## Models and licences", ""]
+    if stats["models"]:
+        lines += [f"- `{m}`: {lic}" for m, lic in sorted(stats["models"].items())]
+    else:
+        lines.append("No model weights were used (statistics and keyframes only).")
+    lines += ["", "## Prompt versions", ""]
+    if stats["prompt_hashes"]:
+        lines += [
+            f"- {name}: `{digest}`" for name, digest in sorted(stats["prompt_hashes"].items())
+        ]
+    else:
+        lines.append("No prompt templates recorded.")
+    lines += [
+        "",
+        "## Reading",
+        "",
+        "```python",
+        "from workflows.export import ShardDataset",
+        "from torch.utils.data import DataLoader",
+        "",
+        'for batch in DataLoader(ShardDataset("."), batch_size=None, num_workers=2):',
+        '    print(batch["short_prompt"], batch["structured_caption"])',
+        "```",
+        "",
+        'Or with HF datasets: `load_dataset("parquet", data_files="*/*.parquet")`.',
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,301 @@
+"""Export reviewed records to Parquet shards exactly once, with a manifest, and verify them.
+
+Commit protocol (per shard): write ``.tmp-<name>`` -> fsync -> rename to ``<name>`` -> record
+it in ``_manifest.json`` (itself replaced atomically). The manifest is the truth: a shard on
+disk that the manifest does not list is what a killed export left between its rename and
+its manifest update; the next export deletes it before doing anything else, and its records
+(not in the manifest, so not exported) go out again. Records already listed are never
+written twice: an export adds only clip ids no listed shard holds (``rewrite=True`` starts
+over and rebuilds everything deterministically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from pipeline.storage import Storage, read_payload
+from schemas import (
+    SCHEMA_VERSION,
+    PayloadRef,
+    Record,
+    ReviewState,
+    ShardRow,
+    StructuredCaption,
+    arrow_schema,
+    to_table,
+    utc_now,
+)
+from schemas._arrow import SCHEMA_VERSION_KEY
+
+MANIFEST = "_manifest.json"
+FORMAT = "any2capins-shards/1"
+EXPORTED_STATES = ("accepted", "edited")
+# The canonical order of condition types in a partition name.
+PARTITION_ORDER = ("camera", "identities", "depth", "pose")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """A record with its final review state, as the review store decided it."""
+
+    record: Record
+    review: ReviewState
+
+
+@dataclass
+class ExportReport:
+    shards_dir: str
+    new_rows: int = 0
+    new_shards: list[str] = field(default_factory=list)
+    skipped_already_exported: int = 0
+    not_exported: dict[str, int] = field(default_factory=dict)
+    removed_orphans: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+    total_rows: int = 0
+
+
+def partition_of(record: Record) -> str:
+    present = record.conditions.present()
+    ordered = [c for c in PARTITION_ORDER if c in present] + sorted(
+        c for c in present if c not in PARTITION_ORDER
+    )
+    return "+".join(ordered) or "none"
+
+
+def payload_refs(value: Any) -> Iterator[PayloadRef]:
+    """Every PayloadRef inside a model, depth first, in field order."""
+    if isinstance(value, PayloadRef):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from payload_refs(getattr(value, name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from payload_refs(item)
+
+
+def final_text(record: Record, review: ReviewState) -> tuple[StructuredCaption, str]:
+    """The caption and short prompt after the reviewer's edits (human text wins)."""
+    if record.caption is None or record.short_prompt is None:
+        raise ExportError(
+            f"record {record.clip_id} was accepted without a caption and short prompt"
+        )
+    edits = review.edits
+    caption = record.caption.model_copy(
+        update={k: v for k, v in edits.items() if k in StructuredCaption.model_fields}
+    )
+    caption = StructuredCaption.model_validate(caption.model_dump())
+    return caption, edits.get("short_prompt", record.short_prompt)
+
+
+def shard_row(item: Reviewed, embed: bool) -> ShardRow:
+    record, review = item.record, item.review
+    caption, short_prompt = final_text(record, review)
+    payloads = {ref.uri: read_payload(ref) for ref in payload_refs(record)} if embed else {}
+    edited = caption != record.caption or short_prompt != record.short_prompt
+    return ShardRow(
+        clip_id=record.clip_id,
+        partition=partition_of(record),
+        schema_version=record.schema_version,
+        clip=record.clip,
+        stats=record.stats,
+        keyframes=record.keyframes,
+        conditions=record.conditions,
+        caption=caption,
+        short_prompt=short_prompt,
+        structured_caption=caption.numbered_text(),
+        machine_caption=record.caption if edited else None,
+        machine_short_prompt=record.short_prompt if edited else None,
+        provenance=record.provenance,
+        review=review,
+        payloads=payloads,
+    )
+
+
+def _row_bytes(row: ShardRow) -> int:
+    return sum(len(v) for v in row.payloads.values()) + 4096
+
+
+def _parquet_bytes(rows: list[ShardRow]) -> bytes:
+    table = to_table(rows, ShardRow)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=max(1, min(len(rows), 256)))
+    return buf.getvalue()
+
+
+class Manifest:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        try:
+            self.data: dict[str, Any] = json.loads(storage.read(MANIFEST))
+        except FileNotFoundError:
+            self.data = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "shards": []}
+        if self.data.get("format") != FORMAT:
+            raise ExportError(f"{storage.root}/{MANIFEST} is not an any2capins shard manifest")
+        if self.data.get("schema_version") != SCHEMA_VERSION:
+            raise ExportError(
+                f"shards in {storage.root} have schema {self.data.get('schema_version')}, "
+                f"this code writes {SCHEMA_VERSION}: export to a new folder or --rewrite"
+            )
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = self.data["shards"]
+        return shards
+
+    def save(self) -> None:
+        self.data["updated_at"] = utc_now().isoformat()
+        self.storage.write_atomic(MANIFEST, json.dumps(self.data, indent=1).encode())
+
+    def next_index(self, partition: str) -> int:
+        names = [s["path"] for s in self.shards if s["partition"] == partition]
+        return 1 + max((int(n.rsplit("-", 1)[1].split(".")[0]) for n in names), default=0)
+
+
+def _listed_parquet(storage: Storage) -> Iterator[str]:
+    return storage.files(".parquet")
+
+
+def exported_clip_ids(storage: Storage, manifest: Manifest) -> set[str]:
+    ids: set[str] = set()
+    for shard in manifest.shards:
+        with storage.open(shard["path"]) as f:
+            ids.update(pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist())
+    return ids
+
+
+def export_shards(
+    items: Iterable[Reviewed],
+    shards_dir: str,
+    *,
+    shard_size_mb: float = 256.0,
+    embed_payloads: bool = True,
+    run_ids: list[str] | None = None,
+    review_snapshot: str = "",
+    rewrite: bool = False,
+) -> ExportReport:
+    storage = Storage(shards_dir)
+    if rewrite:
+        for rel in list(_listed_parquet(storage)):
+            storage.delete(rel)
+        storage.delete(MANIFEST)
+    manifest = Manifest(storage)
+    report = ExportReport(shards_dir=storage.root)
+    listed = {s["path"] for s in manifest.shards}
+    for rel in sorted(_listed_parquet(storage)):
+        if rel not in listed:
+            storage.delete(rel)  # a killed export's shard that never reached the manifest
+            report.removed_orphans.append(rel)
+    done = exported_clip_ids(storage, manifest)
+
+    pending: dict[str, list[ShardRow]] = defaultdict(list)
+    sizes: dict[str, int] = defaultdict(int)
+    target = int(shard_size_mb * 2**20)
+    not_exported: dict[str, int] = defaultdict(int)
+
+    def flush(partition: str) -> None:
+        rows = sorted(pending.pop(partition), key=lambda r: r.clip_id)
+        sizes.pop(partition, None)
+        data = _parquet_bytes(rows)
+        rel = f"{partition}/part-{manifest.next_index(partition):05d}.parquet"
+        storage.write_atomic(rel, data)
+        manifest.shards.append(
+            {
+                "path": rel,
+                "partition": partition,
+                "rows": len(rows),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "schema_version": SCHEMA_VERSION,
+                "payloads": "embedded" if embed_payloads else "referenced",
+                "run_ids": sorted({r.provenance.run_id for r in rows} | set(run_ids or [])),
+                "review_snapshot": review_snapshot,
+                "written_at": utc_now().isoformat(),
+            }
+        )
+        manifest.save()
+        report.new_shards.append(rel)
+        report.new_rows += len(rows)
+        report.bytes_written += len(data)
+
+    for item in sorted(items, key=lambda i: i.record.clip_id):
+        status = item.review.status
+        if status not in EXPORTED_STATES:
+            not_exported[status] += 1
+            continue
+        if item.record.clip_id in done:
+            report.skipped_already_exported += 1
+            continue
+        row = shard_row(item, embed_payloads)
+        pending[row.partition].append(row)
+        sizes[row.partition] += _row_bytes(row)
+        if sizes[row.partition] >= target:
+            flush(row.partition)
+    for partition in sorted(pending):
+        flush(partition)
+    if not manifest.storage.exists(MANIFEST):
+        manifest.save()
+    report.not_exported = dict(not_exported)
+    report.total_rows = sum(s["rows"] for s in manifest.shards)
+    return report
+
+
+def verify_shards(shards_dir: str) -> list[str]:
+    """Every problem found (empty when the shards are intact)."""
+    storage = Storage(shards_dir)
+    try:
+        manifest = Manifest(storage)
+    except (ExportError, json.JSONDecodeError) as e:
+        return [str(e)]
+    if not storage.exists(MANIFEST):
+        return [f"{storage.root} has no {MANIFEST}"]
+    problems: list[str] = []
+    expected_schema = arrow_schema(ShardRow)
+    seen: dict[str, str] = {}
+    listed = set()
+    for shard in manifest.shards:
+        rel = shard["path"]
+        listed.add(rel)
+        try:
+            data = storage.read(rel)
+        except FileNotFoundError:
+            problems.append(f"{rel}: listed in the manifest but missing")
+            continue
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            problems.append(f"{rel}: sha256 does not match the manifest")
+        if len(data) != shard["bytes"]:
+            problems.append(f"{rel}: {len(data)} bytes, manifest says {shard['bytes']}")
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowInvalid, OSError) as e:
+            problems.append(f"{rel}: not readable as Parquet: {e}")
+            continue
+        if table.num_rows != shard["rows"]:
+            problems.append(f"{rel}: {table.num_rows} rows, manifest says {shard['rows']}")
+        version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"").decode()
+        if version != SCHEMA_VERSION:
+            problems.append(f"{rel}: schema version {version!r}, expected {SCHEMA_VERSION}")
+        elif not table.schema.equals(expected_schema):
+            problems.append(f"{rel}: columns differ from schema version {SCHEMA_VERSION}")
+        for clip_id in table.column("clip_id").to_pylist():
+            if clip_id in seen:
+                problems.append(f"{rel}: clip {clip_id} already in {seen[clip_id]}")
+            seen[clip_id] = rel
+    for rel in _listed_parquet(storage):
+        if rel not in listed:
+            problems.append(f"{rel}: a shard the manifest does not list")
+    return problems
