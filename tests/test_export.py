@@ -242,3 +242,19 @@ def test_hf_datasets_loads_the_shards(run: Path, tmp_path: Path) -> None:
     assert ds.num_rows == 8
     assert set(ds["clip_id"]) == {i.record.clip_id for i in items}
     assert ds[0]["caption"]["dense"].startswith("A scene from")
+
+
+def test_shards_verify_cli(run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
+    shards = tmp_path / "shards"
+    export_shards(items, str(shards))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["shards", "verify", str(shards), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == {"ok": True, "problems": []}
+    next(shards.glob("*/*.parquet")).write_bytes(b"garbage")
+    bad = runner.invoke(app, ["shards", "verify", str(shards), "--json"])
+    assert bad.exit_code == 1 and not json.loads(bad.stdout)["ok"]

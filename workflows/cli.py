@@ -15,6 +15,7 @@ from rich.table import Table
 from pipeline.recipe import RecipeError
 from pipeline.rundir import RunDir, RunDirBusy
 from pipeline.sources import SourceError, list_sources
+from workflows.export.cli import shards_app
 
 app = typer.Typer(
     help="Build Any2CapIns-style datasets: conditions, structured captions, review, shards.",
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(shards_app, name="shards")
 
 err = Console(stderr=True)
 out = Console()
