@@ -101,6 +101,22 @@ class Keyframes(_Model):
     frames: list[PayloadRef]
 
 
+class DepthLayout(_Model):
+    """Scene layout measured from the depth maps, each frame scaled to 0..1 on its own.
+
+    Regions name a cell of a 3x3 grid: "top left" ... "center" ... "bottom right".
+    """
+
+    nearest_region: str
+    farthest_region: str
+    near_fraction: float = Field(ge=0, le=1, description="pixels in the nearest third")
+    far_fraction: float = Field(ge=0, le=1, description="pixels in the farthest third")
+    foreground_fraction: float = Field(ge=0, le=1, description="nearer than the Otsu split")
+    foreground_region: str = Field(default="", description="where the foreground's centre is")
+    mean_change: float = Field(ge=0, description="mean change between frames, 0..1 of range")
+    flat: bool = Field(default=False, description="no measurable depth variation")
+
+
 class DepthCondition(_Model):
     model_id: str
     frames: int
@@ -108,15 +124,40 @@ class DepthCondition(_Model):
     normalization: str = Field(description="how stored values map back to relative inverse depth")
     payload: PayloadRef
     preview: PayloadRef | None = None
+    layout: DepthLayout | None = None
+
+
+class PersonActivity(_Model):
+    """One tracked person's activity, measured from OpenPose body keypoints."""
+
+    person_id: int
+    frames_present: int = Field(ge=0)
+    position: str = Field(description="left / center / right third of the frame")
+    horizontal_drift: float = Field(description="mean x, last minus first frame, of width")
+    posture: str = Field(description="standing / sitting / lying / unknown (majority)")
+    posture_frames: int = Field(default=0, ge=0, description="frames voting for the posture")
+    arm_raised_frames: dict[str, int] = Field(
+        default_factory=dict, description="'right'/'left': frames with the wrist above the shoulder"
+    )
+    arm_seen_frames: dict[str, int] = Field(
+        default_factory=dict, description="'right'/'left': frames with wrist and shoulder seen"
+    )
+    limb_motion: dict[str, float] = Field(
+        default_factory=dict,
+        description="limb -> mean motion relative to the neck, torso lengths per sampled step",
+    )
 
 
 class PoseCondition(_Model):
     model_id: str
     frames: int
-    max_persons: int
+    max_persons: int = Field(description="persons (tracks) in the keypoint arrays")
     timestamps_s: list[float]
     keypoints: PayloadRef
     rendering: PayloadRef | None = None
+    people_max: int = Field(default=0, ge=0, description="most persons visible in one frame")
+    people_typical: int = Field(default=0, ge=0, description="median persons per frame")
+    activity: list[PersonActivity] = Field(default_factory=list)
 
 
 class Identity(_Model):
@@ -126,12 +167,25 @@ class Identity(_Model):
     mean_area_fraction: float = Field(ge=0, le=1)
     crop: PayloadRef
     boxes: PayloadRef | None = None
+    crop_source: Literal["mask", "box"] = Field(
+        default="mask", description="box: the mask was empty, the crop is the detector box"
+    )
+    center: list[float] = Field(
+        default_factory=list,
+        description="mean box centre (x, y) where present, as fractions of width and height",
+    )
 
 
 class IdentitiesCondition(_Model):
     model_ids: list[str]
     identities: list[Identity]
     stitched_reference: PayloadRef
+    frames: int = Field(
+        default=0, ge=0, description="sampled frames the identities were tracked on"
+    )
+    masks: PayloadRef | None = Field(
+        default=None, description="per-frame low-resolution masks of every identity (.npz)"
+    )
 
 
 class CameraCondition(_Model):
@@ -140,6 +194,7 @@ class CameraCondition(_Model):
     labels: list[str]
     description: str
     trajectory: PayloadRef
+    speed: str = Field(default="", description="slowly / moderately / quickly; '' when static")
 
 
 class Conditions(_Model):
