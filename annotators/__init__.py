@@ -11,11 +11,12 @@ from annotators.base import (
     Resources,
     config_hash,
 )
+from annotators.captions import CaptionsAnnotator
 from annotators.clip_stats import ClipStatsAnnotator
 from annotators.keyframes import KeyframesAnnotator
 
 BUILTIN_ANNOTATORS: dict[str, type[Annotator]] = {
-    cls.name: cls for cls in (ClipStatsAnnotator, KeyframesAnnotator)
+    cls.name: cls for cls in (ClipStatsAnnotator, KeyframesAnnotator, CaptionsAnnotator)
 }
 
 

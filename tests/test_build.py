@@ -41,7 +41,7 @@ def test_demo_build_on_real_clips(ray_session: None, demo_clips: Path, tmp_path:
     n = len(list(demo_clips.glob("*.mp4")))
     assert code == 0
     assert report["clips_in"] == n and report["records_ok"] == n and report["failures"] == []
-    assert set(report["stages"]) == {"clip_stats", "keyframes"}
+    assert set(report["stages"]) == {"clip_stats", "keyframes", "captions"}
     assert all(s["clips"] == n and s["seconds"] > 0 for s in report["stages"].values())
     recs = records(out)
     assert len(recs) == n and len({r["clip"]["clip_id"] for r in recs}) == n
@@ -52,7 +52,11 @@ def test_demo_build_on_real_clips(ray_session: None, demo_clips: Path, tmp_path:
         assert len(stats["palette"]) == 5
         assert abs(sum(s["fraction"] for s in stats["palette"]) - 1) < 0.01
         assert stats["motion_magnitude"] > 0  # people and a dog move in every demo clip
-        assert [s["stage"] for s in r["provenance"]["stages"]] == ["clip_stats", "keyframes"]
+        assert [s["stage"] for s in r["provenance"]["stages"]] == [
+            "clip_stats",
+            "keyframes",
+            "captions",
+        ]
         assert len(r["keyframes"]["frames"]) == 4
         for frame in r["keyframes"]["frames"]:
             from schemas import PayloadRef
@@ -78,6 +82,7 @@ def test_rerun_resumes_and_config_change_reruns_one_stage(
     assert {k: v["skipped"] for k, v in second["stages"].items()} == {
         "clip_stats": 3,
         "keyframes": 3,
+        "captions": 3,
     }
     assert all(v["clips"] == 0 for v in second["stages"].values())
 
@@ -87,6 +92,7 @@ def test_rerun_resumes_and_config_change_reruns_one_stage(
     code, third = build(str(recipe), src, out)
     assert code == 0 and third["records_ok"] == 3
     assert third["stages"]["clip_stats"]["clips"] == 3
+    assert third["stages"]["captions"]["clips"] == 3  # it depends on clip_stats
     assert third["stages"]["keyframes"] == {
         **third["stages"]["keyframes"],
         "clips": 0,

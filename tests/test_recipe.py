@@ -17,8 +17,8 @@ def _write(tmp_path: Path, text: str) -> str:
 def test_demo_recipe_resolves() -> None:
     assert "demo" in shipped_recipes()
     resolved = load_recipe("demo")
-    assert [s.name for s in resolved.stages] == ["clip_stats", "keyframes"]
-    assert len({s.config_hash for s in resolved.stages}) == 2
+    assert [s.name for s in resolved.stages] == ["clip_stats", "keyframes", "captions"]
+    assert len({s.config_hash for s in resolved.stages}) == 3
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,15 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from annotators import MissingDependency
 from pipeline.recipe import RecipeError
 from pipeline.rundir import RunDir, RunDirBusy
 from pipeline.sources import SourceError, list_sources
+from workflows.camera_cli import camera_app
+from workflows.captions_cli import captions_app
+from workflows.eval import eval_app
 from workflows.export.cli import shards_app
+from workflows.review.cli import review_app
 
 app = typer.Typer(
     help="Build Any2CapIns-style datasets: conditions, structured captions, review, shards.",
@@ -24,7 +29,11 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(captions_app, name="captions")
+app.add_typer(camera_app, name="camera")
+app.add_typer(eval_app, name="eval")
 app.add_typer(shards_app, name="shards")
+app.add_typer(review_app, name="review")
 
 err = Console(stderr=True)
 out = Console()
@@ -55,7 +64,11 @@ def build(
     try:
         resolved = load_recipe(recipe)
         sources = list_sources(input)
-    except (RecipeError, SourceError) as e:
+        # Build every stage's annotator once here, so a missing package or model file is
+        # a clear error before any work starts, not a crash inside a Ray actor.
+        for spec in resolved.stages:
+            spec.build()
+    except (RecipeError, SourceError, MissingDependency) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
     if not sources:

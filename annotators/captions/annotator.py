@@ -1,0 +1,155 @@
+"""The ``captions`` stage: a six-part structured caption and a short prompt per clip, written
+by an OpenAI-compatible endpoint or, with none configured, by the offline grounded writer."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from annotators.base import (
+    PROVENANCE_KEY,
+    Annotator,
+    AnnotatorConfig,
+    ClipInput,
+    FrameSampling,
+    Resources,
+)
+from annotators.captions.cache import ResponseCache
+from annotators.captions.config import SHORT_PROMPT, CaptionsConfig
+from annotators.captions.errors import InvalidCaption
+from annotators.captions.facts import ClipContext, build_context
+from annotators.captions.grounded import GROUNDED_VERSION, compose, grounded_problems
+from annotators.captions.templates import TemplateSet, load_templates, rules_hash
+from annotators.captions.writer import ClipResult, OpenAIWriter
+from annotators.conditions import condition_types
+from schemas import CAPTION_COMPONENTS, ModelInfo, StructuredCaption
+
+GROUNDED_MODEL_ID = "any2capins/grounded-writer"
+
+
+class CaptionsAnnotator(Annotator):
+    name: ClassVar[str] = "captions"
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[AnnotatorConfig]] = CaptionsConfig
+    # The writer reads the keyframes stage's JPEGs from the record; the engine still decodes
+    # what a stage declares, so ask for as little as possible.
+    default_sampling: ClassVar[FrameSampling] = FrameSampling(num_frames=1, max_side=64)
+    # I/O-bound: one actor with many requests in flight (limits.concurrency) does the work.
+    default_resources: ClassVar[Resources] = Resources(num_cpus=0.25, batch_size=16, concurrency=1)
+    writes: ClassVar[tuple[str, ...]] = (
+        "caption",
+        "short_prompt",
+        "provenance.tokens_in",
+        "provenance.tokens_out",
+        "provenance.cost_usd",
+    )
+
+    config: CaptionsConfig
+    templates: TemplateSet
+    writer: OpenAIWriter | None
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.templates = load_templates(cfg.templates)
+        self.writer = None
+        if cfg.writer == "openai":
+            # the openai SDK takes ~0.5 s to import: only model writers pay for it
+            from annotators.captions.client import CaptionClient, resolve_api_key
+
+            resolve_api_key(cfg)  # a missing endpoint is an error before anything is created
+            cache = ResponseCache(cfg.resolved_cache_dir())
+            self.writer = OpenAIWriter(cfg, self.templates, CaptionClient(cfg, cache))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def models(self) -> list[ModelInfo]:
+        if self.config.writer == "grounded":
+            return [
+                ModelInfo(
+                    model_id=GROUNDED_MODEL_ID, version=GROUNDED_VERSION, license="Apache-2.0"
+                )
+            ]
+        return [ModelInfo(model_id=self.config.model or "")]
+
+    def prompt_hashes(self) -> dict[str, str]:
+        return {} if self.config.writer == "grounded" else self.templates.hashes()
+
+    def __call__(self, batch: list[ClipInput]) -> list[dict[str, Any] | BaseException]:
+        types = condition_types()
+        online = self.writer is not None
+
+        def context(item: ClipInput) -> ClipContext | BaseException:
+            try:
+                return build_context(item.record, types, self.config.images, online)
+            except Exception as e:  # noqa: BLE001 - a bad record fails only its clip
+                return e
+
+        # reading and re-encoding images releases the GIL: use the request threads
+        contexts = list(
+            self.writer.pool.map(context, batch) if self.writer else map(context, batch)
+        )
+        if self.writer is None:
+            return [c if isinstance(c, BaseException) else self._grounded(c) for c in contexts]
+        ready = [c for c in contexts if isinstance(c, ClipContext)]
+        results = iter(self.writer.write(ready))
+        return [
+            c if isinstance(c, BaseException) else self._output(c, next(results)) for c in contexts
+        ]
+
+    def _grounded(self, ctx: ClipContext) -> dict[str, Any] | BaseException:
+        components, prompt = compose(ctx)
+        problems = grounded_problems(ctx, components, prompt, self.config.grounded_bounds)
+        if problems:
+            return InvalidCaption("grounded writer: " + "; ".join(problems))
+        return {
+            "caption": StructuredCaption(**components),
+            "short_prompt": prompt,
+            "provenance.tokens_in": 0,
+            "provenance.tokens_out": 0,
+            "provenance.cost_usd": 0.0,
+            PROVENANCE_KEY: {
+                "writer": "grounded",
+                "grounded_version": GROUNDED_VERSION,
+                "note": "composed from measured facts only; no language model wrote this text",
+                "conditions": ",".join(c.name for c in ctx.conditions),
+            },
+        }
+
+    def _output(self, ctx: ClipContext, result: ClipResult) -> dict[str, Any] | BaseException:
+        usage, cost, paid = result.totals()
+        if result.error is not None:
+            err = result.error
+            if result.answers:
+                # the spend stays in the ledger and the answers in the cache for the re-run
+                err.args = (
+                    f"{err} [{len(result.answers)} answers, ${paid:.6f} paid now, "
+                    f"${cost:.6f} in all; kept in the response cache]",
+                )
+            return err
+        cfg = self.config
+        assert self.writer is not None
+        client = self.writer.client
+        return {
+            "caption": StructuredCaption(**{c: result.texts[c] for c in CAPTION_COMPONENTS}),
+            "short_prompt": result.texts[SHORT_PROMPT],
+            "provenance.tokens_in": usage.tokens_in,
+            "provenance.tokens_out": usage.tokens_out,
+            "provenance.cost_usd": round(cost, 8),
+            PROVENANCE_KEY: {
+                "writer": "openai",
+                "model": cfg.model or "",
+                "endpoint": client.endpoint,
+                "json_mode": result.answers[-1].json_mode if result.answers else client.json_mode,
+                "mode": cfg.mode,
+                "requests": str(len(result.answers)),
+                "cache_hits": str(sum(a.from_cache for a in result.answers)),
+                "repairs": str(result.repairs),
+                "tokens_cached": str(usage.tokens_cached),
+                "paid_usd": f"{paid:.8f}",
+                "images": str(len(ctx.images)),
+                "conditions": ",".join(c.name for c in ctx.conditions),
+                "condition_rules_hash": rules_hash(ctx.rules()),
+                "templates": self.templates.version,
+            },
+        }

@@ -1,0 +1,199 @@
+"""``any2cap captions``: Batch API mode (submit, status, collect, run) and caption spend.
+
+The caption settings (endpoint, cache, prices) come from the ``captions`` stage of the
+recipe recorded in RUN_DIR/run.json, with the same ``OPENAI_*`` environment variables as
+the build; options override them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from annotators.base import MissingDependency
+from annotators.captions import CaptionsConfig, ResponseCache
+from pipeline.rundir import RunDir
+
+captions_app = typer.Typer(help="Caption writer: Batch API mode and spend.", no_args_is_help=True)
+batch_app = typer.Typer(
+    help="OpenAI Batch API: send what a `mode: batch` build queued, collect the answers "
+    "into the response cache, then build again.",
+    no_args_is_help=True,
+)
+captions_app.add_typer(batch_app, name="batch")
+
+err = Console(stderr=True)
+out = Console()
+
+RunDirArg = Annotated[str, typer.Argument(help="run directory of a build with a captions stage")]
+CacheDirOpt = Annotated[
+    str | None, typer.Option("--cache-dir", help="response cache (default: the stage's)")
+]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="endpoint (default: recipe or OPENAI_BASE_URL)")
+]
+
+
+def stage_config(
+    run_dir: str, cache_dir: str | None = None, base_url: str | None = None
+) -> CaptionsConfig:
+    """The captions stage's config from RUN_DIR's recipe, as the model writer."""
+    info = RunDir(run_dir).load_info()
+    if info is None:
+        err.print(f"[red]error:[/red] {run_dir} has no run.json: is it a run directory?")
+        raise typer.Exit(2)
+    stages = [s for s in info.recipe.get("stages", []) if s.get("annotator") == "captions"]
+    if not stages:
+        err.print(f"[red]error:[/red] the recipe of {run_dir} has no captions stage")
+        raise typer.Exit(2)
+    params: dict[str, Any] = dict(stages[0].get("params") or {})
+    params["writer"] = "openai"
+    if cache_dir:
+        params["cache_dir"] = cache_dir
+    if base_url:
+        params["base_url"] = base_url
+    try:
+        return CaptionsConfig.model_validate(params)
+    except ValidationError as e:
+        err.print(f"[red]error:[/red] captions params in {run_dir}: {e}")
+        raise typer.Exit(2) from e
+
+
+def _runner(run_dir: str, cache_dir: str | None, base_url: str | None) -> Any:
+    from annotators.captions.batch import BatchRunner
+
+    config = stage_config(run_dir, cache_dir, base_url)
+    try:
+        return BatchRunner(
+            config, ResponseCache(config.resolved_cache_dir()), log=lambda m: err.print(m)
+        )
+    except MissingDependency as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+@batch_app.command("submit")
+def batch_submit(
+    run_dir: RunDirArg, cache_dir: CacheDirOpt = None, base_url: BaseUrlOpt = None
+) -> None:
+    """Upload the queued requests and create batches (finishes interrupted submissions)."""
+    runner = _runner(run_dir, cache_dir, base_url)
+    ids = runner.submit()
+    out.print(f"{len(ids)} batches submitted: {' '.join(ids) or '-'}")
+
+
+@batch_app.command("status")
+def batch_status(
+    run_dir: RunDirArg,
+    cache_dir: CacheDirOpt = None,
+    base_url: BaseUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Queued requests and every submission with its batch's live status."""
+    runner = _runner(run_dir, cache_dir, base_url)
+    subs = runner.status()
+    queued = runner.cache.pending_counts().get("", 0)
+    if as_json:
+        sys.stdout.write(json.dumps({"queued": queued, "submissions": subs}, default=str) + "\n")
+        return
+    table = Table(title=f"{queued} requests queued, not submitted")
+    for col in ("submission", "batch", "requests", "status", "collected"):
+        table.add_column(col)
+    for s in subs:
+        table.add_row(
+            s["id"],
+            s["batch_id"] or "-",
+            str(s["requests"]),
+            s["status"],
+            "yes" if s["collected"] else "no",
+        )
+    out.print(table)
+
+
+@batch_app.command("collect")
+def batch_collect(
+    run_dir: RunDirArg, cache_dir: CacheDirOpt = None, base_url: BaseUrlOpt = None
+) -> None:
+    """Store the answers of finished batches in the response cache."""
+    report = _runner(run_dir, cache_dir, base_url).collect()
+    _print_collect(report)
+
+
+@batch_app.command("run")
+def batch_run(
+    run_dir: RunDirArg,
+    cache_dir: CacheDirOpt = None,
+    base_url: BaseUrlOpt = None,
+    wait: Annotated[bool, typer.Option(help="poll until every batch is collected")] = True,
+    poll_interval: Annotated[float, typer.Option(help="seconds between polls", min=0)] = 30.0,
+    timeout: Annotated[float | None, typer.Option(help="stop waiting after N seconds")] = None,
+) -> None:
+    """Submit, poll and collect in one go; safe to kill and run again."""
+    report = _runner(run_dir, cache_dir, base_url).run(wait, poll_interval, timeout)
+    _print_collect(report)
+    if report.batches_open:
+        err.print(f"{len(report.batches_open)} batches still running: run this again later")
+    else:
+        err.print(f"done: build again (any2cap build ... --out {run_dir}) to use the answers")
+
+
+def _print_collect(report: Any) -> None:
+    out.print(
+        f"{report.collected} answers collected (${report.cost_usd:.6f}), "
+        f"{report.requeued} requeued, {len(report.batches_done)} batches done, "
+        f"{len(report.batches_open)} still running"
+    )
+
+
+@captions_app.command("cost")
+def cost(
+    run_dir: RunDirArg,
+    cache_dir: CacheDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Caption spend per build of RUN_DIR (the ledger, failed clips included) and in its
+    records (what the captions kept in the dataset cost when they were bought)."""
+    config = stage_config(run_dir, cache_dir)
+    cache = ResponseCache(config.resolved_cache_dir())
+    info = RunDir(run_dir).load_info()
+    run_ids = [str(r["run_id"]) for r in (info.runs if info else [])]
+    by_run = cache.spend_by_run()
+    records = list(RunDir(run_dir).records())
+    runs: dict[str, dict[str, Any]] = {
+        rid: vars(by_run[rid]) if rid in by_run else {"requests": 0, "cost_usd": 0.0}
+        for rid in run_ids
+    }
+    result: dict[str, Any] = {
+        "runs": runs,
+        "paid_usd": sum(by_run[r].cost_usd for r in run_ids if r in by_run),
+        "records": len(records),
+        "records_tokens_in": sum(r.provenance.tokens_in for r in records),
+        "records_tokens_out": sum(r.provenance.tokens_out for r in records),
+        "records_cost_usd": sum(r.provenance.cost_usd for r in records),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    table = Table(title=f"caption spend of {run_dir}")
+    for col in ("run", "requests", "tokens in", "cached", "tokens out", "USD"):
+        table.add_column(col)
+    for rid, s in runs.items():
+        table.add_row(
+            rid,
+            str(s["requests"]),
+            str(s.get("tokens_in", 0)),
+            str(s.get("tokens_cached", 0)),
+            str(s.get("tokens_out", 0)),
+            f"{s['cost_usd']:.6f}",
+        )
+    out.print(table)
+    out.print(
+        f"paid by these builds: ${result['paid_usd']:.6f}; captions in {len(records)} records "
+        f"cost ${result['records_cost_usd']:.6f} when bought"
+    )
