@@ -16,6 +16,7 @@ from annotators import MissingDependency
 from pipeline.recipe import RecipeError
 from pipeline.rundir import RunDir, RunDirBusy
 from pipeline.sources import SourceError, list_sources
+from workflows.camera_cli import camera_app
 from workflows.captions_cli import captions_app
 from workflows.eval import eval_app
 from workflows.export.cli import shards_app
@@ -28,6 +29,7 @@ app = typer.Typer(
 runs_app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(captions_app, name="captions")
+app.add_typer(camera_app, name="camera")
 app.add_typer(eval_app, name="eval")
 app.add_typer(shards_app, name="shards")
 

@@ -1,0 +1,206 @@
+"""The camera stage: per clip, a camera trajectory (estimated from the sampled frames, or
+imported from a camera file shipped beside the video), its motion labels, and the trajectory
+stored as a RealEstate10K text payload.
+
+Import convention (``source: import``): for a video ``.../NAME.EXT`` the stage looks for
+``NAME.camera.txt`` (RealEstate10K) and then ``NAME.camera.json`` (MotionCtrl) in the
+video's folder, or in ``import_dir`` when set (there ``NAME.txt`` / ``NAME.json`` are
+accepted too). Manifests cannot name the file: sources carry only URI and span. RealEstate10K
+timestamps are read on the video's own timeline and cut to the clip's span; MotionCtrl poses
+have no times and are spread evenly over the clip.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, ClassVar, Literal
+
+import cv2
+import fsspec
+import numpy as np
+from pydantic import Field
+
+from annotators.base import (
+    PROVENANCE_KEY,
+    Annotator,
+    AnnotatorConfig,
+    ClipInput,
+    FrameSampling,
+    Resources,
+)
+from annotators.camera.condition import CameraConditionType
+from annotators.camera.estimate import EstimatorSettings, estimate_with_report
+from annotators.camera.formats import (
+    CameraFormat,
+    CameraFormatError,
+    format_realestate10k,
+    read_trajectory,
+)
+from annotators.camera.labels import label_trajectory
+from annotators.camera.masks import subject_masks
+from annotators.camera.trajectory import Trajectory
+from schemas import CameraCondition, ModelInfo
+
+# RealEstate10K timestamps are integer microseconds; a pose this close to a span bound is in.
+_SPAN_EPS_S = 1e-3
+
+
+class CameraImportError(ValueError):
+    """``source: import`` and no usable camera file for the clip."""
+
+
+class CameraConfig(AnnotatorConfig):
+    source: Literal["estimate", "import"] = Field(
+        default="estimate", description="estimate from the frames, or import a camera file"
+    )
+    fov_deg: float = Field(
+        default=60.0, gt=1, lt=179, description="horizontal field of view assumed for estimation"
+    )
+    use_subject_masks: bool = Field(
+        default=True, description="ignore features on identities/pose subjects when present"
+    )
+    import_dir: str | None = Field(
+        default=None, description="folder (path or URI) with camera files named after videos"
+    )
+    work_side: int = Field(default=640, ge=64, description="estimator's working resolution")
+
+
+def _stem_uri(uri: str) -> tuple[str, str]:
+    """(folder, file stem) of a video URI, for local paths and fsspec URIs alike."""
+    head, name = posixpath.split(uri)
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return head, stem
+
+
+def find_camera_file(video_uri: str, import_dir: str | None) -> tuple[str, CameraFormat] | None:
+    """The camera file for a video by the naming convention, or None."""
+    folder, stem = _stem_uri(video_uri)
+    names: list[tuple[str, CameraFormat]] = [
+        (f"{stem}.camera.txt", "realestate10k"),
+        (f"{stem}.camera.json", "motionctrl"),
+    ]
+    if import_dir is not None:
+        folder = import_dir.rstrip("/")
+        names += [(f"{stem}.txt", "realestate10k"), (f"{stem}.json", "motionctrl")]
+    for name, fmt in names:
+        uri = f"{folder}/{name}" if folder else name
+        fs, path = fsspec.core.url_to_fs(uri)
+        if fs.exists(path):
+            return uri, fmt
+    return None
+
+
+def imported_for_clip(trajectory: Trajectory, fmt: CameraFormat, item: ClipInput) -> Trajectory:
+    """The part of an imported trajectory that belongs to the clip's span."""
+    clip = item.clip
+    if fmt == "motionctrl":
+        n = len(trajectory)
+        times = np.linspace(clip.start_s, clip.end_s, n) if n > 1 else np.array([clip.start_s])
+        return trajectory.replace(timestamps_s=times)
+    t = trajectory.timestamps_s
+    inside = np.flatnonzero((t >= clip.start_s - _SPAN_EPS_S) & (t < clip.end_s + _SPAN_EPS_S))
+    if inside.size == 0:
+        raise CameraImportError(
+            f"the camera file's timestamps ({t[0]:.3f}-{t[-1]:.3f} s) do not overlap the clip "
+            f"({clip.start_s:.3f}-{clip.end_s:.3f} s); RealEstate10K times must be on the "
+            "video's own timeline"
+        )
+    return trajectory.select(inside)
+
+
+class CameraAnnotator(Annotator):
+    name: ClassVar[str] = "camera"
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[AnnotatorConfig]] = CameraConfig
+    # Feature tracking wants small steps between samples: 5 per second, not 16 per clip.
+    default_sampling: ClassVar[FrameSampling] = FrameSampling(
+        num_frames=None, fps=5.0, max_frames=96, max_side=480
+    )
+    default_resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=2)
+    writes: ClassVar[tuple[str, ...]] = (CameraConditionType.output_key(),)
+
+    config: CameraConfig
+
+    def models(self) -> list[ModelInfo]:
+        if self.config.source == "import":
+            return []
+        return [
+            ModelInfo(
+                model_id="opencv-klt-essential-pnp",
+                version=cv2.__version__,
+                license="Apache-2.0",
+            )
+        ]
+
+    def __call__(self, batch: list[ClipInput]) -> list[dict[str, Any] | BaseException]:
+        out: list[dict[str, Any] | BaseException] = []
+        for item in batch:
+            try:
+                out.append(self._one(item))
+            except Exception as e:  # noqa: BLE001 - the clip fails, the batch goes on
+                out.append(e)
+        return out
+
+    def _one(self, item: ClipInput) -> dict[str, Any]:
+        details: dict[str, str] = {"source": self.config.source}
+        source: Literal["estimated", "realestate10k", "motionctrl"]
+        if self.config.source == "import":
+            found = find_camera_file(item.clip.source_uri, self.config.import_dir)
+            if found is None:
+                folder, stem = _stem_uri(item.clip.source_uri)
+                raise CameraImportError(
+                    f"no camera file for {item.clip.source_uri}: looked for {stem}.camera.txt "
+                    f"and {stem}.camera.json in {self.config.import_dir or folder or '.'}"
+                )
+            uri, fmt = found
+            try:
+                trajectory = imported_for_clip(read_trajectory(uri, fmt), fmt, item)
+            except CameraFormatError as e:
+                raise CameraImportError(str(e)) from e
+            source = fmt
+            details["file"] = uri
+        else:
+            trajectory, details_est = self._estimate(item)
+            details.update(details_est)
+            source = "estimated"
+        labels, speed, description = label_trajectory(trajectory)
+        text = format_realestate10k(trajectory, url=item.clip.source_uri)
+        ref = item.artifacts.put("trajectory.txt", text.encode("utf-8"), "text/plain")
+        summary = CameraCondition(
+            source=source,
+            frames=len(trajectory),
+            labels=labels,
+            description=description,
+            trajectory=ref,
+            speed=speed,
+        )
+        return {**CameraConditionType.to_output(summary), PROVENANCE_KEY: details}
+
+    def _estimate(self, item: ClipInput) -> tuple[Trajectory, dict[str, str]]:
+        frames = item.frames
+        h, w = frames.shape[1:3]
+        details: dict[str, str] = {}
+        masks = None
+        if self.config.use_subject_masks:
+            found = subject_masks(item.record, list(item.timestamps_s), h, w)
+            masks = found.masks
+            details["masks"] = "+".join(found.sources) or "none"
+            if found.notes:
+                details["mask_notes"] = "; ".join(found.notes)[:500]
+        settings = EstimatorSettings(max_side=self.config.work_side)
+        trajectory, report = estimate_with_report(
+            frames, item.timestamps_s, fov_deg=self.config.fov_deg, masks=masks, settings=settings
+        )
+        details.update({f"estimator_{k}": v for k, v in report.summary().items() if k != "masks"})
+        if trajectory.scene_depth is None:
+            details["translation"] = "none measured (no parallax)"
+        return trajectory, details
+
+
+__all__ = [
+    "CameraAnnotator",
+    "CameraConfig",
+    "CameraImportError",
+    "find_camera_file",
+    "imported_for_clip",
+]
