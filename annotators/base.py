@@ -93,16 +93,32 @@ class Annotator(ABC):
     writes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: AnnotatorConfig | None = None) -> None:
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            raise MissingDependency(
-                f"annotator {self.name!r} needs the Python package(s) {', '.join(missing)}; "
-                "install them (pip install ...) or drop the stage from the recipe"
-            )
+        self.check_requires()
         self.config = config if config is not None else self.Config()
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{self.name}: expected {self.Config.__name__}")
         self.setup()
+
+    @classmethod
+    def check_requires(cls) -> None:
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise MissingDependency(
+                f"annotator {cls.name!r} needs the Python package(s) {', '.join(missing)}; "
+                "install them (pip install ...) or drop the stage from the recipe"
+            )
+
+    @classmethod
+    def preflight(cls, config: AnnotatorConfig) -> None:
+        """Raise MissingDependency for what the stage's workers would miss, before any work.
+
+        Runs once in the driver of ``any2cap build``. The default builds the annotator,
+        which is cheap for stages without models. Stages that load models override it to
+        check that their packages and model files are there without loading them. They
+        skip the device checks, which only a worker can answer: a driver without a GPU may
+        run stages on GPU workers.
+        """
+        cls(config)
 
     def setup(self) -> None:  # noqa: B027 - optional hook, most annotators need no models
         """Load models once per actor; raise MissingDependency for a missing model file."""

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +31,14 @@ ENTRY_POINT_GROUP = "any2capins.conditions"
 PayloadReader = Callable[[PayloadRef], bytes]
 _OWN_PACKAGES = ("annotators",)
 
+# covariant: a ConditionType[DepthCondition] is a ConditionType[BaseModel], so mixed
+# registries type-check without Any
+S_co = TypeVar("S_co", bound=BaseModel, covariant=True)
 
-class ConditionType:
-    """Subclass, set the class attributes, override what the condition needs."""
+
+class ConditionType(Generic[S_co]):
+    """Subclass as ``ConditionType[MySummary]``, set the class attributes (``summary_model``
+    is ``MySummary``), override what the condition needs."""
 
     name: ClassVar[str]
     summary_model: ClassVar[type[BaseModel]]
@@ -74,6 +79,19 @@ class ConditionType:
     def arrow_type(cls) -> pa.DataType:
         return arrow_type(cls.summary_model)
 
+    def summary_of(self, summary: BaseModel) -> S_co:
+        """``summary`` typed as this condition's summary model; a TypeError when it is not one.
+
+        The hooks below take any ``BaseModel`` because callers hold types by name; an
+        override starts with ``s = self.summary_of(summary)``.
+        """
+        if not isinstance(summary, self.summary_model):
+            raise TypeError(
+                f"{self.name}: expected {self.summary_model.__name__}, got {type(summary).__name__}"
+            )
+        # ClassVar cannot hold S_co, so the runtime check above stands in for the static one
+        return cast(S_co, summary)
+
     # what the rest of the system asks of a condition
     def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
         """Arrays for training code and the review UI (e.g. depth frames, keypoints).
@@ -101,10 +119,14 @@ def _is_own(value: str) -> bool:
 
 
 @cache
-def condition_types() -> dict[str, ConditionType]:
+def condition_types() -> dict[str, ConditionType[Any]]:
     """Every condition type registered through entry points, loaded once per process."""
+    from annotators import BUILTIN_ANNOTATORS
+
     disabled = os.environ.get("ANY2CAP_DISABLE_PLUGINS", "").lower() in ("1", "true", "yes")
-    found: dict[str, ConditionType] = {}
+    found: dict[str, ConditionType[Any]] = {}
+    # stage name -> who registered it: a plugin may not take over another's stage
+    stages = {name: "any2capins" for name in BUILTIN_ANNOTATORS}
     for ep in sorted(
         entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (not _is_own(e.value), e.name)
     ):
@@ -118,7 +140,12 @@ def condition_types() -> dict[str, ConditionType]:
                 raise ValueError(f"entry point {ep.name!r} names a condition called {cls.name!r}")
             if ep.name in found:
                 raise ValueError(f"condition type {ep.name!r} is already registered")
+            taken = [a.name for a in cls.annotators if a.name in stages]
+            if taken:
+                owners = ", ".join(f"{n!r} (by {stages[n]})" for n in taken)
+                raise ValueError(f"its stage names are already registered: {owners}")
             found[ep.name] = cls()
+            stages.update(dict.fromkeys((a.name for a in cls.annotators), ep.value))
         except Exception as e:  # noqa: BLE001 - a broken plugin must not take the tool down
             warnings.warn(
                 f"skipping condition plugin {ep.name!r} ({ep.value}): {type(e).__name__}: {e}",

@@ -9,13 +9,14 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from annotators._media import decode_mp4, encode_mp4, playback_fps
+from annotators._models import hf_offline, model_folder_problem
 from annotators.base import (
     Annotator,
     AnnotatorConfig,
@@ -40,11 +41,6 @@ KNOWN_LICENSES: dict[str, str] = {
     "LiheYoung/depth-anything-base-hf": "Apache-2.0",
     "LiheYoung/depth-anything-large-hf": "Apache-2.0",
 }
-
-
-def _offline() -> bool:
-    # Read at setup, not at import: huggingface_hub freezes HF_HUB_OFFLINE when imported.
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _looks_like_path(value: str) -> bool:
@@ -313,24 +309,18 @@ _CAMERA_WORDS = re.compile(
 FEW_DEPTH_FRAMES = 5
 
 
-class DepthConditionType(ConditionType):
+class DepthConditionType(ConditionType[DepthCondition]):
     name: ClassVar[str] = "depth"
     summary_model: ClassVar[type[BaseModel]] = DepthCondition
     description: ClassVar[str] = (
         "Depth Anything relative inverse depth per sampled frame (uint16 .npz + preview MP4)"
     )
 
-    @staticmethod
-    def _summary(summary: BaseModel) -> DepthCondition:
-        if not isinstance(summary, DepthCondition):
-            raise TypeError(f"expected DepthCondition, got {type(summary).__name__}")
-        return summary
-
     def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
         """``depth`` float32 [F, H, W] relative inverse depth (larger = nearer), ``depth_u16``,
         ``raw_min``/``raw_max`` [F], ``timestamps_s`` [F], and ``preview`` [F, H, W, 3] uint8
         when the record has one."""
-        summary = self._summary(summary)
+        summary = self.summary_of(summary)
         with np.load(io.BytesIO(read(summary.payload))) as npz:
             arrays = {k: npz[k] for k in npz.files}
         arrays["depth_u16"] = arrays.pop("depth")
@@ -342,11 +332,11 @@ class DepthConditionType(ConditionType):
         return arrays
 
     def grounding_facts(self, summary: BaseModel, record: Record) -> list[str]:
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         return [] if s.layout is None else layout_facts(s.layout, s.frames)
 
     def short_prompt_rules(self, summary: BaseModel, record: Record) -> list[str]:
-        summary = self._summary(summary)
+        summary = self.summary_of(summary)
         rules = [
             "The depth maps already show the scene's layout and geometry (what is near or far, "
             "where foreground and background lie, distances): do not restate them."
@@ -365,7 +355,7 @@ class DepthConditionType(ConditionType):
         return rules
 
     def short_prompt_violations(self, prompt: str, summary: BaseModel, record: Record) -> list[str]:
-        summary = self._summary(summary)
+        summary = self.summary_of(summary)
         found = []
         phrases = sorted({m.group(0).lower() for m in _DEPTH_PHRASES.finditer(prompt)})
         if phrases:
@@ -402,6 +392,15 @@ class DepthAnnotator(Annotator):
 
     config: DepthConfig
 
+    @classmethod
+    def preflight(cls, config: AnnotatorConfig) -> None:
+        cls.check_requires()
+        model = cast(DepthConfig, config).model
+        source, _ = cls._locate(model)
+        problem = model_folder_problem(source, local=Path(source).is_dir())
+        if problem is not None:
+            raise MissingDependency(cls._how_to_provide(model, problem))
+
     def setup(self) -> None:
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
@@ -437,13 +436,14 @@ class DepthAnnotator(Annotator):
         self.model = model.to(self.device).eval()
         self.model_version = self._version(source)
 
-    def _locate(self, model: str) -> tuple[str, bool]:
+    @classmethod
+    def _locate(cls, model: str) -> tuple[str, bool]:
         path = Path(model).expanduser()
         if path.is_dir():
             return str(path), True
         if _looks_like_path(model) or path.exists():
-            raise MissingDependency(self._how_to_provide(model, f"no model directory at {path}"))
-        return model, _offline()
+            raise MissingDependency(cls._how_to_provide(model, f"no model directory at {path}"))
+        return model, hf_offline()
 
     @staticmethod
     def _how_to_provide(model: str, reason: str) -> str:

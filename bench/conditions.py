@@ -1,4 +1,4 @@
-"""Depth and pose stage throughput with the tiny test models: the engine under Ray Data and as
+"""Depth, pose, identities and camera stage throughput with the tiny test models: the engine under Ray Data and as
 a plain loop (``--executor local``), against calling the annotator directly in a loop on
 frames decoded beforehand.
 
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from annotators import Annotator, ClipInput
+from annotators.camera import CameraAnnotator
 from annotators.depth import DepthAnnotator
+from annotators.identities import IdentitiesAnnotator
 from annotators.pose import PoseAnnotator
 from pipeline.build import run_build
 from pipeline.recipe import SpanConfig, resolve_recipe
@@ -37,13 +39,25 @@ RESOURCES: dict[str, Any] = {"num_cpus": 1, "batch_size": 2, "concurrency": 1}
 
 def _tiny_models(folder: Path) -> dict[str, dict[str, str]]:
     sys.path.insert(0, str(REPO))  # tests/ is not installed: the builders live there
-    from tests import tiny_models
+    from tests import tiny_models, tiny_sam2
 
     depth = tiny_models.tiny_depth_model(folder / "depth")
     det, pose = tiny_models.tiny_dwpose(folder / "dwpose")
+    # two subjects the detector always finds, in 640x640 letterboxed detector coordinates
+    coco = tiny_sam2.tiny_coco_detector(
+        folder / "yolox.onnx",
+        [(64.0, 40.0, 224.0, 340.0), (400.0, 200.0, 600.0, 330.0)],
+        ["person", "dog"],
+        [0.9, 0.8],
+    )
     return {
         "depth": {"model": str(depth)},
         "pose": {"detector": str(det), "pose_model": str(pose)},
+        "identities": {
+            "detector_model": str(coco),
+            "sam2_model": str(tiny_sam2.tiny_sam2(folder / "sam2")),
+        },
+        "camera": {},  # OpenCV estimation: no model
     }
 
 
@@ -92,7 +106,9 @@ def _loop(annotator: Annotator, inputs: list[ClipInput], batch_size: int) -> flo
     return time.perf_counter() - started
 
 
-def run(clips_dir: str | None = None, repeats: int = 2) -> dict[str, Any]:
+def run(
+    clips_dir: str | None = None, repeats: int = 2, stages: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Best-of-``repeats`` wall time and clips/s per stage for: the annotator in a plain loop
     on pre-decoded frames, the engine's plain loop, and the engine on Ray Data."""
     from pipeline.engine import ensure_ray
@@ -101,13 +117,20 @@ def run(clips_dir: str | None = None, repeats: int = 2) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-conditions-"))
     try:
         params = _tiny_models(work / "models")
-        registry: dict[str, type[Annotator]] = {"depth": DepthAnnotator, "pose": PoseAnnotator}
+        registry: dict[str, type[Annotator]] = {
+            "depth": DepthAnnotator,
+            "pose": PoseAnnotator,
+            "identities": IdentitiesAnnotator,
+            "camera": CameraAnnotator,
+        }
         started = time.perf_counter()
         ensure_ray()  # not counted: the ratio measures the pipeline, not the cluster start
         ray_init = time.perf_counter() - started
         sources = list_sources(clips_dir)
         results: dict[str, Any] = {"ray_init_seconds": round(ray_init, 2), "stages": {}}
         for stage, stage_params in params.items():
+            if stages is not None and stage not in stages:
+                continue
             resolved = resolve_recipe(_recipe(stage, stage_params), registry)
             spec = resolved.stages[0]
             annotator = spec.build()

@@ -86,6 +86,10 @@ class StageSpec:
     def build(self) -> Annotator:
         return self.annotator_cls(self.config)
 
+    def preflight(self) -> None:
+        """MissingDependency now for a package or model file the stage's workers would miss."""
+        self.annotator_cls.preflight(self.config)
+
 
 @dataclass(frozen=True)
 class ResolvedRecipe:
@@ -137,7 +141,8 @@ def resolve_recipe(
         if cls is None:
             problems.append(
                 f"{where}.annotator: unknown annotator {stage.annotator!r} "
-                f"(known: {', '.join(sorted(registry))})"
+                f"(known: {', '.join(sorted(registry))}; a condition plugin's stage needs its "
+                "package installed, see docs/adding-a-condition-type.md)"
             )
             continue
         name = stage.name or stage.annotator

@@ -34,6 +34,7 @@ from schemas._record import (
     make_clip_id,
     utc_now,
 )
+from schemas._refs import payload_refs
 from schemas._shard import ShardRow
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "failure_arrow_schema",
     "from_table",
     "make_clip_id",
+    "payload_refs",
     "record_arrow_schema",
     "to_table",
     "utc_now",

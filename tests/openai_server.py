@@ -621,7 +621,7 @@ _CAMERA_WORDS = re.compile(
 )
 
 
-class CameraType(ConditionType):
+class CameraType(ConditionType[CameraCondition]):
     name: ClassVar[str] = "camera"
     summary_model: ClassVar[type[BaseModel]] = CameraCondition
 
@@ -637,7 +637,7 @@ class CameraType(ConditionType):
         return [f"describes camera movement ({', '.join(found)})"] if found else []
 
 
-class IdentitiesType(ConditionType):
+class IdentitiesType(ConditionType[IdentitiesCondition]):
     name: ClassVar[str] = "identities"
     summary_model: ClassVar[type[BaseModel]] = IdentitiesCondition
 
@@ -653,7 +653,7 @@ class IdentitiesType(ConditionType):
         ]
 
 
-TEST_TYPES: dict[str, ConditionType] = {"camera": CameraType(), "identities": IdentitiesType()}
+TEST_TYPES: dict[str, ConditionType[Any]] = {"camera": CameraType(), "identities": IdentitiesType()}
 
 
 class NoArtifacts:

@@ -179,7 +179,7 @@ def test_import_cuts_to_the_span_and_refuses_a_mismatch(tmp_path: Path) -> None:
 # --- masks from earlier conditions ------------------------------------------------------------
 
 
-class _FakeIdentities(ConditionType):
+class _FakeIdentities(ConditionType[IdentitiesCondition]):
     """Stands in for the identities condition: its documented decode_payload arrays."""
 
     name: ClassVar[str] = "identities"
@@ -196,7 +196,7 @@ class _FakeIdentities(ConditionType):
         }
 
 
-class _FakePose(ConditionType):
+class _FakePose(ConditionType[PoseCondition]):
     name: ClassVar[str] = "pose"
     summary_model: ClassVar[type[BaseModel]] = PoseCondition
 

@@ -48,7 +48,7 @@ _CAMERA_PHRASES = re.compile(
 )
 
 
-class CameraConditionType(ConditionType):
+class CameraConditionType(ConditionType[CameraCondition]):
     name: ClassVar[str] = "camera"
     summary_model: ClassVar[type[BaseModel]] = CameraCondition
     description: ClassVar[str] = (
@@ -56,15 +56,9 @@ class CameraConditionType(ConditionType):
         "estimated with OpenCV or imported, plus motion labels"
     )
 
-    @staticmethod
-    def _summary(summary: BaseModel) -> CameraCondition:
-        if not isinstance(summary, CameraCondition):
-            raise TypeError(f"expected CameraCondition, got {type(summary).__name__}")
-        return summary
-
     def trajectory(self, summary: BaseModel, read: PayloadReader) -> Trajectory:
         """The stored trajectory; estimated ones are in scene-depth units (depth 1)."""
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         traj = parse_realestate10k(read(s.trajectory).decode("utf-8"), s.trajectory.uri)
         return traj.replace(scene_depth=1.0) if s.source == "estimated" else traj
 
@@ -80,7 +74,7 @@ class CameraConditionType(ConditionType):
         }
 
     def grounding_facts(self, summary: BaseModel, record: Record) -> list[str]:
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         known = [lab for lab in s.labels if lab in VOCABULARY]
         where = _SOURCES.get(s.source, s.source)
         facts = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import fsspec
@@ -128,7 +129,7 @@ def subject_masks(
     height: int,
     width: int,
     read: Callable[[PayloadRef], bytes] = read_payload,
-    registry: dict[str, ConditionType] | None = None,
+    registry: dict[str, ConditionType[Any]] | None = None,
 ) -> SubjectMasks:
     """Masks of the record's moving subjects at ``times`` (``[T, height, width]``), from its
     identities and pose conditions; ``masks`` is None when there is nothing to use.

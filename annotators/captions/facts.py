@@ -195,7 +195,7 @@ class ClipContext:
         return out
 
 
-def condition_views(record: Record, types: dict[str, ConditionType]) -> list[ConditionView]:
+def condition_views(record: Record, types: dict[str, ConditionType[Any]]) -> list[ConditionView]:
     """Facts, rules and the violation check of every condition the record has."""
     views: list[ConditionView] = []
     for name in record.conditions.present():
@@ -220,7 +220,7 @@ def condition_views(record: Record, types: dict[str, ConditionType]) -> list[Con
 
 
 def _checker(
-    ctype: ConditionType, summary: BaseModel, record: Record
+    ctype: ConditionType[Any], summary: BaseModel, record: Record
 ) -> Callable[[str], list[str]]:
     def check(prompt: str) -> list[str]:
         return [str(v) for v in ctype.short_prompt_violations(prompt, summary, record)]
@@ -316,7 +316,7 @@ def _top_level_refs(summary: Any) -> list[tuple[str, PayloadRef]]:
 
 
 def condition_images(
-    record: Record, types: dict[str, ConditionType], options: ImageOptions
+    record: Record, types: dict[str, ConditionType[Any]], options: ImageOptions
 ) -> list[ImagePart]:
     """Image and video payloads of the record's conditions, at most ``condition_images``,
     taken in turns so that every condition shows at least one before any shows two."""
@@ -346,7 +346,7 @@ def condition_images(
 
 def build_context(
     record: Record,
-    types: dict[str, ConditionType],
+    types: dict[str, ConditionType[Any]],
     options: ImageOptions,
     with_images: bool,
 ) -> ClipContext:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -27,14 +27,17 @@ from annotators.identities.condition import IdentitiesConditionType
 from annotators.identities.detector import (
     COCO_CLASSES,
     DEFAULT_DETECTOR,
+    DETECTOR_HOW,
     DETECTOR_LICENSE,
     Detection,
     YoloxDetector,
+    resolve_model_file,
 )
 from annotators.identities.grounding import (
     DEFAULT_GROUNDING,
     GROUNDING_LICENSE,
     GroundingDinoDetector,
+    check_grounding,
     normalize_noun,
 )
 from annotators.identities.segmenter import (
@@ -42,6 +45,7 @@ from annotators.identities.segmenter import (
     SAM2_LICENSE,
     BoxPrompt,
     Sam2VideoSegmenter,
+    check_sam2,
 )
 from annotators.identities.selection import (
     IdentityTrack,
@@ -272,6 +276,15 @@ class IdentitiesAnnotator(Annotator):
     writes: ClassVar[tuple[str, ...]] = (IdentitiesConditionType.output_key(),)
 
     config: IdentitiesConfig
+
+    @classmethod
+    def preflight(cls, config: AnnotatorConfig) -> None:
+        cls.check_requires()
+        cfg = cast(IdentitiesConfig, config)
+        resolve_model_file(cfg.detector_model, "YOLOX detector", DETECTOR_HOW)
+        check_sam2(cfg.sam2_model)
+        if cfg.open_vocabulary:
+            check_grounding(cfg.grounding_model)
 
     def setup(self) -> None:
         self.device = resolve_device(self.config.device)

@@ -81,7 +81,7 @@ def reference_name(identity: Identity, others: list[Identity]) -> str:
     return f"{name} {position_phrase(identity.center)}" if same else name
 
 
-class IdentitiesConditionType(ConditionType):
+class IdentitiesConditionType(ConditionType[IdentitiesCondition]):
     name: ClassVar[str] = "identities"
     summary_model: ClassVar[type[BaseModel]] = IdentitiesCondition
     description: ClassVar[str] = (
@@ -89,17 +89,11 @@ class IdentitiesConditionType(ConditionType):
         "boxes and low-resolution masks"
     )
 
-    @staticmethod
-    def _summary(summary: BaseModel) -> IdentitiesCondition:
-        if not isinstance(summary, IdentitiesCondition):
-            raise TypeError(f"expected IdentitiesCondition, got {type(summary).__name__}")
-        return summary
-
     def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
         """``stitched_reference`` [H, W, 3]; per identity ``crop_<id>`` [h, w, 4] RGBA and
         ``boxes_<id>`` [T, 4] (display pixels, NaN where absent); ``masks`` [N, T, h, w]
         bool with ``mask_identity_ids`` and ``timestamps_s`` when the masks were stored."""
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         out: dict[str, np.ndarray] = {"stitched_reference": decode_png(read(s.stitched_reference))}
         for ident in s.identities:
             out[f"crop_{ident.identity_id}"] = decode_png(read(ident.crop))
@@ -113,7 +107,7 @@ class IdentitiesConditionType(ConditionType):
         return out
 
     def grounding_facts(self, summary: BaseModel, record: Record) -> list[str]:
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         idents = sorted(s.identities, key=lambda i: i.identity_id)
         if not idents:
             return ["No main subject was identified in the clip."]
@@ -144,7 +138,7 @@ class IdentitiesConditionType(ConditionType):
         return facts
 
     def short_prompt_rules(self, summary: BaseModel, record: Record) -> list[str]:
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         idents = sorted(s.identities, key=lambda i: i.identity_id)
         if not idents:
             return []
@@ -157,7 +151,7 @@ class IdentitiesConditionType(ConditionType):
         ]
 
     def short_prompt_violations(self, prompt: str, summary: BaseModel, record: Record) -> list[str]:
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         if not s.identities:
             return []
         problems: list[str] = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from annotators._models import hf_offline as offline
 from annotators.base import MissingDependency
 
 # DWPose's detector: YOLOX-L trained on COCO, exported without in-graph decoding.
@@ -47,15 +48,16 @@ class Detection:
     label: str
 
 
-def offline() -> bool:
-    """HF_HUB_OFFLINE as set now: huggingface_hub reads it once at import, and an offline
-    machine without it would retry the hub for ~20 s before failing."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def looks_like_path(ref: str) -> bool:
     """A model reference that names a local file or folder rather than a hub id."""
     return ref.startswith(("/", "./", "../", "~")) or os.path.exists(ref)
+
+
+DETECTOR_HOW = (
+    "download yolox_l.onnx from https://huggingface.co/yzd-v/DWPose on a machine with "
+    "network access and set the stage's `detector_model` to its local path (or put it "
+    "in the Hugging Face cache)"
+)
 
 
 def resolve_model_file(ref: str, what: str, how: str) -> Path:
@@ -199,11 +201,7 @@ class YoloxDetector:
     ) -> None:
         import onnxruntime as ort
 
-        how = (
-            "download yolox_l.onnx from https://huggingface.co/yzd-v/DWPose on a machine with "
-            "network access and set the stage's `detector_model` to its local path (or put it "
-            "in the Hugging Face cache)"
-        )
+        how = DETECTOR_HOW
         self.path = resolve_model_file(model, "YOLOX detector", how)
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -255,6 +253,7 @@ class YoloxDetector:
 __all__ = [
     "COCO_CLASSES",
     "DEFAULT_DETECTOR",
+    "DETECTOR_HOW",
     "DETECTOR_LICENSE",
     "Detection",
     "YoloxDetector",

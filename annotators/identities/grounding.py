@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from annotators._models import model_folder_problem
 from annotators.base import MissingDependency
 from annotators.identities.detector import Detection, looks_like_path, nms, offline
 
@@ -81,6 +82,22 @@ def grounded_detections(
     return found
 
 
+GROUNDING_HOW = (
+    f"download it on a machine with network access (e.g. `hf download "
+    f"{DEFAULT_GROUNDING}`) and set the stage's `grounding_model` to the local folder, "
+    "or put it in the Hugging Face cache; or leave `open_vocabulary` empty"
+)
+
+
+def check_grounding(model: str) -> None:
+    """MissingDependency when ``model`` could not be loaded here (nothing is loaded)."""
+    problem = model_folder_problem(model, local=looks_like_path(model))
+    if problem is not None:
+        raise MissingDependency(
+            f"Grounding DINO model {model!r} is not available ({problem}); {GROUNDING_HOW}"
+        )
+
+
 class GroundingDinoDetector:
     """Grounding DINO for a fixed list of nouns: frames in, boxes labelled by noun out."""
 
@@ -98,15 +115,8 @@ class GroundingDinoDetector:
 
         if not nouns:
             raise ValueError("Grounding DINO needs at least one noun to look for")
-        how = (
-            f"download it on a machine with network access (e.g. `hf download "
-            f"{DEFAULT_GROUNDING}`) and set the stage's `grounding_model` to the local folder, "
-            "or put it in the Hugging Face cache; or leave `open_vocabulary` empty"
-        )
-        local = looks_like_path(model)
-        if local and not Path(model).expanduser().is_dir():
-            raise MissingDependency(f"Grounding DINO model {model!r} is not available; {how}")
-        source = str(Path(model).expanduser()) if local else model
+        check_grounding(model)
+        source = str(Path(model).expanduser()) if looks_like_path(model) else model
         try:
             self.processor = AutoProcessor.from_pretrained(source, local_files_only=offline())  # type: ignore[no-untyped-call]
             self.model = AutoModelForZeroShotObjectDetection.from_pretrained(
@@ -114,7 +124,8 @@ class GroundingDinoDetector:
             )
         except (OSError, ValueError) as e:
             raise MissingDependency(
-                f"Grounding DINO model {model!r} is not available ({type(e).__name__}: {e}); {how}"
+                f"Grounding DINO model {model!r} is not available ({type(e).__name__}: {e}); "
+                + GROUNDING_HOW
             ) from e
         self.model.to(device).eval()
         self.device = device

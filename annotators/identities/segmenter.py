@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from annotators._models import model_folder_problem
 from annotators.base import MissingDependency
 from annotators.identities.detector import looks_like_path, offline
 
@@ -44,6 +45,13 @@ def _missing(model: str, detail: str) -> MissingDependency:
     )
 
 
+def check_sam2(model: str) -> None:
+    """MissingDependency when ``model`` could not be loaded here (nothing is loaded)."""
+    problem = model_folder_problem(model, local=looks_like_path(model))
+    if problem is not None:
+        raise _missing(model, problem)
+
+
 class Sam2VideoSegmenter:
     """Loads a SAM 2 checkpoint once; :meth:`track` segments prompted objects in a clip."""
 
@@ -51,8 +59,7 @@ class Sam2VideoSegmenter:
         import torch
         from transformers import Sam2VideoModel, Sam2VideoProcessor
 
-        if looks_like_path(model) and not Path(model).expanduser().is_dir():
-            raise _missing(model, "no such folder")
+        check_sam2(model)
         source = str(Path(model).expanduser()) if looks_like_path(model) else model
         try:
             self.processor = Sam2VideoProcessor.from_pretrained(source, local_files_only=offline())

@@ -109,7 +109,7 @@ _POSE_PHRASES = re.compile(
 )
 
 
-class PoseConditionType(ConditionType):
+class PoseConditionType(ConditionType[PoseCondition]):
     name: ClassVar[str] = "pose"
     summary_model: ClassVar[type[BaseModel]] = PoseCondition
     description: ClassVar[str] = (
@@ -117,18 +117,12 @@ class PoseConditionType(ConditionType):
         "persons tracked, plus the rendered pose video"
     )
 
-    @staticmethod
-    def _summary(summary: BaseModel) -> PoseCondition:
-        if not isinstance(summary, PoseCondition):
-            raise TypeError(f"expected PoseCondition, got {type(summary).__name__}")
-        return summary
-
     def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
         """``keypoints`` [F, P, 134, 2] float32 in 0..1 (x / W, y / H; -1 = masked),
         ``scores`` [F, P, 134], ``person_ids`` [P], ``boxes`` [F, P, 4] (0..1 xyxy, -1 =
         absent), ``det_scores`` [F, P], ``frame_size`` [W, H], ``timestamps_s`` [F], and
         ``rendering`` [F, H, W, 3] uint8 when the record has one."""
-        summary = self._summary(summary)
+        summary = self.summary_of(summary)
         with np.load(io.BytesIO(read(summary.keypoints))) as npz:
             arrays = {k: npz[k] for k in npz.files}
         if summary.rendering is not None:
@@ -136,7 +130,7 @@ class PoseConditionType(ConditionType):
         return arrays
 
     def grounding_facts(self, summary: BaseModel, record: Record) -> list[str]:
-        s = self._summary(summary)
+        s = self.summary_of(summary)
         return activity_facts(s.frames, s.people_max, s.people_typical, s.activity)
 
     def short_prompt_rules(self, summary: BaseModel, record: Record) -> list[str]:
@@ -174,6 +168,13 @@ class PoseAnnotator(Annotator):
     writes: ClassVar[tuple[str, ...]] = (PoseConditionType.output_key(),)
 
     config: PoseConfig
+
+    @classmethod
+    def preflight(cls, config: AnnotatorConfig) -> None:
+        cls.check_requires()
+        cfg = cast(PoseConfig, config)
+        locate_model_file(cfg.detector, "DWPose detector", ENV_DETECTOR)
+        locate_model_file(cfg.pose_model, "DWPose pose model", ENV_POSE_MODEL)
 
     def setup(self) -> None:
         cfg = self.config

@@ -11,7 +11,6 @@ mmpose config sets ``bgr_to_rgb=True``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from annotators._models import hf_offline as offline
 from annotators.base import MissingDependency
 
 # YOLOX decoding and filtering as in DWPose's inference code.
@@ -39,11 +39,6 @@ MAX_BATCH = 8
 
 
 # --------------------------------------------------------------------------- model files
-
-
-def offline() -> bool:
-    # Read when the stage is built: huggingface_hub freezes HF_HUB_OFFLINE at import time.
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def hub_file(spec: str) -> tuple[str, str] | None:
