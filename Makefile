@@ -26,8 +26,13 @@ demo: install
 	@echo "Run directory: $(RUN_DIR)"
 	@echo "Next:  $(BIN)/any2cap runs show $(RUN_DIR)      (the run report)"
 	@echo "       $(BIN)/any2cap runs records $(RUN_DIR)   (the records)"
+	@echo "Review: printf 'a-long-password\\n' | $(BIN)/any2cap review users add me --role admin --run $(RUN_DIR)"
+	@echo "        $(BIN)/any2cap review serve --run $(RUN_DIR)   (http://127.0.0.1:8000/)"
+	@echo "Export: $(BIN)/any2cap export --run $(RUN_DIR) --out shards/"
 
 test: install
+	@# Debian's Chromium and a local PostgreSQL for the review tests (installed where missing).
+	bash tools/ensure_services.sh
 	$(BIN)/python -m pytest
 
 lint: install

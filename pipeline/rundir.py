@@ -15,15 +15,13 @@ neither lose nor duplicate a clip)::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.storage import Storage
+from pipeline.storage import Storage, StorageBusy
 from schemas import Failure, Record, StageProvenance
 
 
@@ -47,7 +45,7 @@ class RunInfo(BaseModel):
     runs: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class RunDirBusy(RuntimeError):
+class RunDirBusy(StorageBusy):
     """Another build holds the run directory."""
 
 
@@ -58,32 +56,13 @@ class RunDir:
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold the run directory for one build at a time, and sweep what a killed build left.
-
-        On a local disk this is an flock, which the kernel releases when its holder dies,
-        even by SIGKILL; object stores have no such lock, so there one build per run
-        directory is the user's promise.
-        """
-        if not self.storage.local:
-            yield
-            return
-        os.makedirs(self.root, exist_ok=True)
-        with open(os.path.join(self.root, ".lock"), "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise RunDirBusy(f"another build is running in {self.root}") from e
-            self._sweep_temporaries()
-            yield
-
-    def _sweep_temporaries(self) -> None:
-        # Temporaries are never visible under a final name; with the lock held, any left
-        # over belong to a build that was killed mid-write.
-        for folder, _, files in os.walk(self.root):
-            for name in files:
-                if name.startswith(".tmp-"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(folder, name))
+        """Hold the run directory for one build at a time, and sweep what a killed build
+        left (see :meth:`Storage.exclusive`)."""
+        try:
+            with self.storage.exclusive(f"another build is running in {self.root}"):
+                yield
+        except StorageBusy as e:
+            raise RunDirBusy(str(e)) from e
 
     # stage markers
     def load_marker(self, stage: str, clip_id: str) -> StageMarker | None:

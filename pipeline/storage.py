@@ -8,6 +8,7 @@ is atomic there. A reader therefore sees a whole file or none, whatever kills th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import posixpath
@@ -26,6 +27,10 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+class StorageBusy(RuntimeError):
+    """Another process holds the folder (see :meth:`Storage.exclusive`)."""
+
+
 class Storage:
     """A root folder (local path or fsspec URI) with atomic writes and simple listing."""
 
@@ -38,6 +43,32 @@ class Storage:
 
     def uri(self, rel: str) -> str:
         return f"{self.root}/{rel}"
+
+    @contextlib.contextmanager
+    def exclusive(self, busy: str) -> Iterator[None]:
+        """Hold the folder for one writer at a time, and sweep what a killed writer left.
+
+        On a local disk this is an flock on ``ROOT/.lock``, which the kernel releases when
+        its holder dies, even by SIGKILL; with the lock held, any temporary file left over
+        belongs to a writer that was killed mid-write and is deleted. Object stores have no
+        such lock (and no temporaries: a write is one PUT), so there one writer per folder
+        is the user's promise. ``busy`` is the message of :class:`StorageBusy`.
+        """
+        if not self.local:
+            yield
+            return
+        os.makedirs(self.root, exist_ok=True)
+        with open(os.path.join(self.root, ".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise StorageBusy(busy) from e
+            for folder, _, files in os.walk(self.root):
+                for name in files:
+                    if name.startswith(".tmp-"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(folder, name))
+            yield
 
     def _path(self, rel: str) -> str:
         return posixpath.join(self._fs_root, rel)

@@ -19,7 +19,9 @@ from pipeline.sources import SourceError, list_sources
 from workflows.camera_cli import camera_app
 from workflows.captions_cli import captions_app
 from workflows.eval import eval_app
+from workflows.export.cli import export as export_command
 from workflows.export.cli import shards_app
+from workflows.review.cli import review_app
 
 app = typer.Typer(
     help="Build Any2CapIns-style datasets: conditions, structured captions, review, shards.",
@@ -32,6 +34,8 @@ app.add_typer(captions_app, name="captions")
 app.add_typer(camera_app, name="camera")
 app.add_typer(eval_app, name="eval")
 app.add_typer(shards_app, name="shards")
+app.add_typer(review_app, name="review")
+app.command("export")(export_command)
 
 err = Console(stderr=True)
 out = Console()
@@ -62,10 +66,10 @@ def build(
     try:
         resolved = load_recipe(recipe)
         sources = list_sources(input)
-        # Build every stage's annotator once here, so a missing package or model file is
-        # a clear error before any work starts, not a crash inside a Ray actor.
+        # A missing package or model file is a clear error before any work starts, not a
+        # crash inside a Ray actor; checked without loading the models here.
         for spec in resolved.stages:
-            spec.build()
+            spec.preflight()
     except (RecipeError, SourceError, MissingDependency) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e

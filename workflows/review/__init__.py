@@ -1,0 +1,86 @@
+"""The human-verification queue: review store, web app, JSON API and CLI (``any2cap review``).
+
+For export and other jobs, the public surface is::
+
+    store = open_store(run_dir="runs/demo")          # or db_url="postgresql+psycopg://..."
+    store.ingest()                                   # queue the run's records (idempotent)
+    states = final_states(store)                     # clip_id -> ClipReview
+    stats = review_stats(store)                      # queue sizes, rates, agreement
+
+``ClipReview`` carries the clip's final state (``accepted`` / ``rejected`` / ``edited`` /
+``pending`` / ``held_back``), the human text per edited field, reviewers, reasons and
+timestamps; ``ClipReview.review_state()`` converts it to the record schema's ``ReviewState``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workflows.review.policy import ReviewPolicy, load_policy
+from workflows.review.store import (
+    ClipReview,
+    Conflict,
+    DecisionResult,
+    Forbidden,
+    IngestReport,
+    Invalid,
+    ItemView,
+    NotFound,
+    ReviewError,
+    ReviewInfo,
+    ReviewStore,
+    StaleVersion,
+    UserInfo,
+    open_store,
+)
+from workflows.review.text import FIELDS
+
+
+def final_states(store: ReviewStore) -> dict[str, ClipReview]:
+    """Every clip of the store's run with its final reviewed state.
+
+    - ``state``: ``accepted`` (machine text kept), ``edited`` (accepted with human text),
+      ``rejected``, ``pending`` (not decided yet, including items waiting for
+      adjudication: ``queue_state == "disputed"``) or ``held_back`` (not sampled by the
+      policy or dropped by a skip; never exported as accepted).
+    - ``edits``: field name (the six caption components, ``short_prompt``) -> the human
+      text, only for fields a human changed, only for final states.
+    - ``reviewers``: who decided (independent reviewers, then the adjudicator).
+    - ``reason`` / ``note``: the reject reason code and free text (notes on accepts too).
+    - ``ingested_at`` / ``decided_at``: when the item was queued and finally decided.
+    - ``reviews``: every individual decision (:class:`ReviewInfo`), oldest first.
+    """
+    return store.final_states()
+
+
+def review_stats(store: ReviewStore) -> dict[str, Any]:
+    """Review statistics of the store's run (what ``any2cap review stats --json`` prints):
+    ``queue`` (state counts per condition type and ``all``), ``rates`` (accept / reject /
+    edit over independent reviews), ``edit_rate_per_component``, ``annotators`` (counts,
+    median seconds per item, items per hour of work), ``agreement`` (over items reviewed
+    twice: accept/reject agreement, Cohen's kappa, per-component identical-text rate and
+    mean normalised word edit distance)."""
+    return store.stats()
+
+
+__all__ = [
+    "FIELDS",
+    "ClipReview",
+    "Conflict",
+    "DecisionResult",
+    "Forbidden",
+    "IngestReport",
+    "Invalid",
+    "ItemView",
+    "NotFound",
+    "ReviewError",
+    "ReviewInfo",
+    "ReviewPolicy",
+    "ReviewStore",
+    "StaleVersion",
+    "UserInfo",
+    "final_states",
+    "load_policy",
+    "open_store",
+    "review_stats",
+]
