@@ -184,12 +184,33 @@ def test_dataset_card(run: Path, tmp_path: Path) -> None:
     items = scripted_review(list(RunDir(str(run)).records()))
     shards = tmp_path / "shards"
     export_shards(items, str(shards))
-    stats = write_card(str(shards), {"accepted": 2, "edited": 2, "rejected": 2, "pending": 2})
+    review = {  # the shape of workflows.review.review_stats
+        "items": 8,
+        "queue": {"all": {"pending": 2, "accepted": 2, "edited": 2, "rejected": 2}},
+        "reviews": 6,
+        "adjudications": 0,
+        "rates": {"accept": 1 / 3, "reject": 1 / 3, "edit": 1 / 3},
+        "edit_rate_per_component": {"dense": 0.5, "camera": 0.0},
+        "annotators": {"ann": {"reviews": 6}},
+        "agreement": {
+            "items": 2,
+            "decision_agreement": 0.5,
+            "kappa": 0.0,
+            "components": {"dense": {"pairs": 1, "identical": 1.0, "mean_edit_distance": 0.0}},
+        },
+        "root": "/home/someone/private/run",
+    }
+    stats = write_card(str(shards), review)
     card = (shards / "README.md").read_text()
-    assert "records: **4**" in card and "rejected: 2" in card
+    assert "records: **4**" in card and "rejected 2" in card
+    assert "decision rates: accept 33.3%, edit 33.3%, reject 33.3%" in card
+    assert "| dense | 50.0% |" in card and "Cohen's kappa 0.00" in card
+    assert "6 by 1 person;" in card and "ann" not in card.split("## Review")[1].split("##")[0]
+    assert "/home/someone" not in card, "local paths stay out of a publishable card"
     for png in ("caption_words.png", "prompt_words.png", "camera_labels.png"):
         assert (shards / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert stats["edited_components"]["dense"] == 2
+    assert stats["edited_components"]["short_prompt"] == 2
     assert len(stats["caption_words"]) == 4 and all(w > 20 for w in stats["caption_words"])
 
 
@@ -198,34 +219,110 @@ import json, sys
 from torch.utils.data import DataLoader
 from workflows.export import ShardDataset
 seen = []
-for rank in range(2):
-    ds = ShardDataset(sys.argv[1], rank=rank, world_size=2)
-    for sample in DataLoader(ds, batch_size=None, num_workers=2):
-        seen.append([rank, sample["clip_id"], list(sample["keyframes"].shape), sample["short_prompt"]])
+shuffle = sys.argv[2] == "shuffle"
+for epoch in range(2):
+    for rank in range(2):
+        ds = ShardDataset(sys.argv[1], rank=rank, world_size=2, shuffle=shuffle, seed=7)
+        ds.set_epoch(epoch)
+        for sample in DataLoader(ds, batch_size=None, num_workers=2):
+            shape = list(sample["keyframes"].shape)
+            seen.append([epoch, rank, sample["clip_id"], shape, sample["short_prompt"]])
 print(json.dumps(seen))
 """
 
 
-@pytest.mark.parametrize("shard_size_mb", [64, 0.000001])
+@pytest.mark.parametrize(
+    ("shard_size_mb", "row_group_rows", "order"),
+    [
+        (64, 256, "manifest"),  # one shard, one row group: every 4th row each
+        (0.000001, 256, "manifest"),  # a shard per record: whole shards each
+        (64, 2, "manifest"),  # one shard, four row groups: a group each
+        (64, 3, "shuffle"),  # three groups for four readers: rows again, shuffled
+        (0.000001, 256, "shuffle"),
+    ],
+)
 def test_torch_reader_two_workers_two_ranks_exactly_once(
-    run: Path, tmp_path: Path, shard_size_mb: float
+    run: Path, tmp_path: Path, shard_size_mb: float, row_group_rows: int, order: str
 ) -> None:
     items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
     shards = tmp_path / "shards"
-    export_shards(items, str(shards), shard_size_mb=shard_size_mb)
+    export_shards(items, str(shards), shard_size_mb=shard_size_mb, row_group_rows=row_group_rows)
+    assert verify_shards(str(shards)) == []
     out = subprocess.run(
-        [sys.executable, "-c", READER_SCRIPT, str(shards)],
+        [sys.executable, "-c", READER_SCRIPT, str(shards), order],
         capture_output=True,
         text=True,
         check=True,
         timeout=300,
     )
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    counts = Counter(clip for _, clip, _, _ in seen)
-    assert sorted(counts) == sorted(i.record.clip_id for i in items)
-    assert set(counts.values()) == {1}
-    assert all(shape[0] == 4 and shape[3] == 3 for _, _, shape, _ in seen)
-    assert {rank for rank, *_ in seen} == {0, 1}
+    for epoch in (0, 1):
+        counts = Counter(clip for e, _, clip, _, _ in seen if e == epoch)
+        assert sorted(counts) == sorted(i.record.clip_id for i in items)
+        assert set(counts.values()) == {1}
+    assert all(shape[0] == 4 and shape[3] == 3 for *_, shape, _ in seen)
+    assert {rank for _, rank, *_ in seen} == {0, 1}
+
+
+def _order(shards: Path, epoch: int, **kwargs: object) -> list[str]:
+    from workflows.export.reader import ShardDataset
+
+    ds = ShardDataset(str(shards), decode=False, **kwargs)  # type: ignore[arg-type]
+    ds.set_epoch(epoch)
+    return [sample["clip_id"] for sample in ds]
+
+
+def test_reader_shuffles_per_epoch_reproducibly(run: Path, tmp_path: Path) -> None:
+    items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
+    shards = tmp_path / "shards"
+    export_shards(items, str(shards), row_group_rows=2)
+    manifest_order = sorted(i.record.clip_id for i in items)  # one shard, rows by clip id
+    assert _order(shards, 0) == _order(shards, 5) == manifest_order
+    epochs = [_order(shards, e, shuffle=True, seed=1, shuffle_buffer=3) for e in range(4)]
+    assert all(sorted(e) == manifest_order for e in epochs)
+    assert epochs[0] == _order(shards, 0, shuffle=True, seed=1, shuffle_buffer=3)
+    assert len({tuple(e) for e in epochs}) > 1, "each epoch gets its own order"
+    assert epochs[0] != _order(shards, 0, shuffle=True, seed=2, shuffle_buffer=3)
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        _order(shards, 0, shuffle=True, shuffle_buffer=0)
+
+
+def test_reader_reads_only_its_row_groups(run: Path, tmp_path: Path) -> None:
+    from workflows.export.reader import ShardDataset, assign_units
+
+    items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
+    shards = tmp_path / "shards"
+    export_shards(items, str(shards), row_group_rows=3)
+    manifest = json.loads((shards / "_manifest.json").read_text())
+    assert [s["row_groups"] for s in manifest["shards"]] == [[3, 3, 2]]
+    ds = ShardDataset(str(shards), decode=False)
+    assert [u.rows for u in ds.units()] == [3, 3, 2] and ds.num_records == 8
+    # two readers: whole groups; four readers: every 4th row of every group
+    assert [u.group for u in assign_units(ds.units(), 1, 2)[0]] == [1]
+    assert assign_units(ds.units(), 1, 4) == (ds.units(), 1)
+    read: list[int] = []
+    original = ShardDataset._read
+
+    def spy(self: ShardDataset, unit: object) -> object:
+        read.append(unit.group)  # type: ignore[attr-defined]
+        return original(self, unit)  # type: ignore[arg-type]
+
+    ShardDataset._read = spy  # type: ignore[method-assign,assignment]
+    try:
+        mine = [s["clip_id"] for s in ShardDataset(str(shards), decode=False, rank=0, world_size=2)]
+    finally:
+        ShardDataset._read = original  # type: ignore[method-assign]
+    assert read == [0, 2] and len(mine) == 5
+
+    # a manifest from before row groups were listed: the reader takes them from the footers
+    for shard in manifest["shards"]:
+        del shard["row_groups"]
+    (shards / "_manifest.json").write_text(json.dumps(manifest))
+    assert [u.rows for u in ShardDataset(str(shards), decode=False).units()] == [3, 3, 2]
+    assert verify_shards(str(shards)) == []
+    manifest["shards"][0]["row_groups"] = [4, 4]
+    (shards / "_manifest.json").write_text(json.dumps(manifest))
+    assert any("row groups [3, 3, 2]" in p for p in verify_shards(str(shards)))
 
 
 def test_hf_datasets_loads_the_shards(run: Path, tmp_path: Path) -> None:
@@ -258,3 +355,22 @@ def test_shards_verify_cli(run: Path, tmp_path: Path) -> None:
     next(shards.glob("*/*.parquet")).write_bytes(b"garbage")
     bad = runner.invoke(app, ["shards", "verify", str(shards), "--json"])
     assert bad.exit_code == 1 and not json.loads(bad.stdout)["ok"]
+
+
+def test_one_export_at_a_time_per_folder(run: Path, tmp_path: Path) -> None:
+    from pipeline.storage import Storage
+    from workflows.export import ExportError
+
+    items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
+    shards = tmp_path / "shards"
+    leftover = shards / "none" / ".tmp-killed"
+    with Storage(str(shards)).exclusive("held by this test"):
+        # a writer holding the folder: its temporary is not touched by a second export
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"half a shard")
+        with pytest.raises(ExportError, match="another export is writing"):
+            export_shards(items, str(shards))
+        assert leftover.exists(), "nothing is touched while another export holds the folder"
+    # the holder is gone (as if killed): the next export sweeps its temporary
+    report = export_shards(items, str(shards))
+    assert report.new_rows == 8 and not leftover.exists()

@@ -21,6 +21,7 @@ COLUMNS = [
     "caption",
     "short_prompt",
     "machine_caption",
+    "machine_short_prompt",
     "provenance",
     "review",
 ]
@@ -70,6 +71,9 @@ def card_statistics(
             edited_components.update(
                 c for c in CAPTION_COMPONENTS if machine[c] != row["caption"][c]
             )
+        machine_prompt = row.get("machine_short_prompt")
+        if machine_prompt is not None and machine_prompt != row["short_prompt"]:
+            edited_components["short_prompt"] += 1
         for stage in row["provenance"]["stages"]:
             for m in stage["models"]:
                 models[m["model_id"]] = m["license"] or "unknown"
@@ -85,7 +89,9 @@ def card_statistics(
         "caption_words": caption_words,
         "prompt_words": prompt_words,
         "camera_labels": dict(labels.most_common()),
-        "edited_components": {c: edited_components[c] for c in CAPTION_COMPONENTS},
+        "edited_components": {
+            c: edited_components[c] for c in (*CAPTION_COMPONENTS, "short_prompt")
+        },
         "models": models,
         "prompt_hashes": prompts,
         "review": review_stats or {},
@@ -157,6 +163,57 @@ def write_card(shards_dir: str, review_stats: dict[str, Any] | None = None) -> d
     return stats
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _review_lines(review: dict[str, Any]) -> list[str]:
+    """The review store's statistics (``review_stats``) as card text; names of annotators
+    and local paths stay out of a card that may be published."""
+    if not review:
+        return ["No review statistics were given to this export."]
+    queue = review.get("queue", {}).get("all", {})
+    people = len(review.get("annotators", {}))
+    rates = review.get("rates", {})
+    lines = [
+        f"- items queued for review: {review.get('items', 0)}; final states: "
+        + ", ".join(f"{state} {count}" for state, count in queue.items()),
+        f"- independent reviews: {review.get('reviews', 0)} by {people} "
+        f"{'person' if people == 1 else 'people'}; adjudications: "
+        f"{review.get('adjudications', 0)}",
+        f"- decision rates: accept {_pct(rates.get('accept'))}, edit {_pct(rates.get('edit'))},"
+        f" reject {_pct(rates.get('reject'))}",
+        "",
+        "Edit rate per field (share of kept reviews that changed it):",
+        "",
+        "| field | edit rate |",
+        "|---|---|",
+    ]
+    for name, rate in review.get("edit_rate_per_component", {}).items():
+        lines.append(f"| {name} | {_pct(rate)} |")
+    agreement = review.get("agreement") or {}
+    lines.append("")
+    if agreement.get("items"):
+        kappa = agreement.get("kappa")
+        lines += [
+            f"Agreement over {agreement['items']} items reviewed twice: keep/reject agreement "
+            f"{_pct(agreement.get('decision_agreement'))}, Cohen's kappa "
+            f"{'-' if kappa is None else f'{kappa:.2f}'}.",
+            "",
+            "| field | identical text | mean normalised word edit distance |",
+            "|---|---|---|",
+        ]
+        for name, c in agreement.get("components", {}).items():
+            distance = c.get("mean_edit_distance")
+            lines.append(
+                f"| {name} | {_pct(c.get('identical'))} | "
+                f"{'-' if distance is None else f'{distance:.3f}'} |"
+            )
+    else:
+        lines.append("No item was reviewed twice, so there is no agreement figure.")
+    return lines
+
+
 def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
     n = stats["rows"]
     lines = [
@@ -198,16 +255,13 @@ def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
     else:
         lines.append("No record has a camera condition.")
     lines += ["", "![camera motion labels](camera_labels.png)", "", "## Review", ""]
-    review = stats["review"]
-    if review:
-        for key, value in review.items():
-            lines.append(f"- {key}: {value}")
+    lines += _review_lines(stats["review"])
     edited = stats["edited_components"]
     lines += [
         "",
-        "Records whose component was changed by a reviewer (among the exported records):",
+        "Exported records whose text a reviewer changed, per field:",
         "",
-        "| component | edited | rate |",
+        "| field | edited | rate |",
         "|---|---|---|",
     ]
     for component, count in edited.items():

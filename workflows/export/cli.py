@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from workflows.export.shards import verify_shards
+from workflows.export.shards import ExportError, verify_shards
 
 shards_app = typer.Typer(help="Check exported shards.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -30,4 +30,77 @@ def verify(
         if not problems:
             err.print(f"{shards_dir}: every shard verified")
     if problems:
+        raise typer.Exit(1)
+
+
+def export(
+    run: Annotated[
+        str, typer.Option("--run", help="build run directory whose records were reviewed")
+    ],
+    out: Annotated[str, typer.Option("--out", help="shards folder or URI (s3://, gs://, ...)")],
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="review store URL (default: the run's RUN_DIR/review.db)"),
+    ] = None,
+    shard_size_mb: Annotated[
+        float, typer.Option("--shard-size-mb", min=0.001, help="target shard size")
+    ] = 256.0,
+    embed_payloads: Annotated[
+        bool,
+        typer.Option(
+            "--embed-payloads/--reference-payloads",
+            help="copy payload bytes into the shards, or keep URIs into the artifact store",
+        ),
+    ] = True,
+    rewrite: Annotated[
+        bool, typer.Option("--rewrite", help="delete what OUT holds and export everything again")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Write the accepted and edited records of a reviewed run to Parquet shards.
+
+    Only records whose final review state is accepted or edited go out (human text wins;
+    the machine text stays in machine_* columns). Re-running adds only records not yet in
+    OUT; a killed export is completed by the next one. Writes OUT/README.md (dataset card)
+    and its plots. Exit 1 when an accepted record could not be written (listed), 2 when the
+    run, store or shards folder is wrong.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workflows.export.run import export_run
+    from workflows.review import ReviewError
+
+    try:
+        report = export_run(
+            run,
+            out,
+            db_url=db,
+            shard_size_mb=shard_size_mb,
+            embed_payloads=embed_payloads,
+            rewrite=rewrite,
+        )
+    except (ExportError, ReviewError, FileNotFoundError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    except SQLAlchemyError as e:
+        # Database URLs and drivers fail in many ways (no server, bad URL, wrong password).
+        err.print(f"[red]error:[/red] cannot open the review store: {e}")
+        raise typer.Exit(2) from e
+    data = report.as_json()
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(report.states.items())) or "none"
+        err.print(f"review states: {states}; not in the review store: {report.not_in_store}")
+        err.print(
+            f"exported {data['new_rows']} new records in {len(data['new_shards'])} shards "
+            f"({data['bytes_written'] / 2**20:.1f} MiB); {data['already_exported']} were "
+            f"already there; {data['total_rows']} records in {report.shards.shards_dir}"
+        )
+        for orphan in data["removed_orphans"]:
+            err.print(f"removed {orphan}, left by a killed export (its records went out again)")
+        for item in data["incomplete"]:
+            err.print(f"[yellow]not exported {item['clip_id']}:[/yellow] {item['why']}")
+        err.print(f"dataset card: {report.shards.shards_dir}/README.md")
+    if data["incomplete"]:
         raise typer.Exit(1)

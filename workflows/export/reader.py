@@ -1,8 +1,12 @@
 """The training feed: a PyTorch IterableDataset over exported shards.
 
-Work is split across DataLoader workers and distributed ranks without overlap: with at least
-as many shards as readers each reader takes whole shards, otherwise each takes every N-th row
-of every shard; either way every record is yielded exactly once per epoch.
+Work is split by Parquet row group (at most ``ROW_GROUP_ROWS`` rows; the manifest lists each
+shard's groups) across DataLoader workers and distributed ranks without overlap: with at
+least as many row groups as readers each reader takes whole groups, otherwise each takes
+every N-th row; either way every record is yielded exactly once per epoch. With
+``shuffle=True`` the groups are put in a new order each epoch (the same order in every
+reader, from ``seed`` and the epoch set by ``set_epoch``, so the split stays disjoint) and
+rows are shuffled within a buffer; without it the order is the manifest's.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -20,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from annotators.conditions import condition_types
 from pipeline.storage import Storage, read_payload
 from schemas import CAPTION_COMPONENTS, PayloadRef, ShardRow, from_table
-from workflows.export.shards import MANIFEST
+from workflows.export.shards import MANIFEST, row_groups_of
 
 
 def _rank_world() -> tuple[int, int]:
@@ -42,6 +48,26 @@ def _decode_image(data: bytes) -> np.ndarray:
     return np.asarray(image)
 
 
+@dataclass(frozen=True)
+class _Unit:
+    """One row group of one shard: what a reader reads at once."""
+
+    path: str
+    group: int
+    rows: int
+
+
+def assign_units(units: list[_Unit], slot: int, readers: int) -> tuple[list[_Unit], int | None]:
+    """This reader's share: whole units when there are enough, else every N-th row.
+
+    Returns the units to read and, for the row-wise split, the index of the first row (in
+    the concatenation of all units) this reader keeps; ``None`` means keep every row.
+    """
+    if len(units) >= readers:
+        return [u for i, u in enumerate(units) if i % readers == slot], None
+    return units, slot
+
+
 class ShardDataset(IterableDataset[dict[str, Any]]):
     """Yields one dict per record: text fields, and tensors decoded from the payloads."""
 
@@ -53,16 +79,47 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
         partitions: list[str] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 512,
     ) -> None:
+        if shuffle_buffer < 1:
+            raise ValueError("shuffle_buffer must be at least 1")
         self.storage = Storage(shards_dir)
         manifest = json.loads(self.storage.read(MANIFEST))
         self.shards = [
-            s["path"]
-            for s in manifest["shards"]
-            if partitions is None or s["partition"] in partitions
+            s for s in manifest["shards"] if partitions is None or s["partition"] in partitions
         ]
         self.decode = decode
+        self.shuffle, self.seed, self.shuffle_buffer = shuffle, seed, shuffle_buffer
+        self.epoch = 0
         self._rank, self._world = rank, world_size
+        self._units: list[_Unit] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order ``shuffle=True`` gives; call before iterating (each epoch's
+        DataLoader workers copy the dataset when they start, so with ``persistent_workers``
+        the order is fixed at the first epoch's)."""
+        self.epoch = epoch
+
+    @property
+    def num_records(self) -> int:
+        """Records in the selected shards, all readers together."""
+        return sum(int(s["rows"]) for s in self.shards)
+
+    def units(self) -> list[_Unit]:
+        """Every row group, in manifest order; from the manifest, or from the shard's footer
+        for manifests written before it listed row groups."""
+        if self._units is None:
+            units: list[_Unit] = []
+            for shard in self.shards:
+                groups = shard.get("row_groups")
+                if groups is None:
+                    with self.storage.open(shard["path"]) as f:
+                        groups = row_groups_of(f)
+                units.extend(_Unit(shard["path"], i, int(n)) for i, n in enumerate(groups))
+            self._units = units
+        return self._units
 
     def _reader_slot(self) -> tuple[int, int]:
         rank, world = _rank_world()
@@ -74,21 +131,46 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, readers = self._reader_slot()
-        if len(self.shards) >= readers:
-            for i, path in enumerate(self.shards):
-                if i % readers == slot:
-                    yield from (self._sample(r) for r in self._read(path))
-        else:
-            index = 0
-            for path in self.shards:
-                for row in self._read(path):
-                    if index % readers == slot:
-                        yield self._sample(row)
-                    index += 1
+        units = list(self.units())
+        if self.shuffle:
+            # the same permutation in every reader: the split below stays disjoint
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
+            units = [units[i] for i in order]
+        mine, first_row = assign_units(units, slot, readers)
+        rows = self._rows(mine, first_row, readers)
+        if self.shuffle:
+            rows = self._buffered(rows, np.random.default_rng([self.seed, self.epoch, slot]))
+        return (self._sample(r) for r in rows)
 
-    def _read(self, path: str) -> list[ShardRow]:
-        with self.storage.open(path) as f:
-            return from_table(pq.read_table(f), ShardRow)
+    def _rows(self, units: list[_Unit], first_row: int | None, readers: int) -> Iterator[ShardRow]:
+        index = 0
+        for unit in units:
+            if first_row is not None:
+                # row-wise split: skip a unit that holds none of this reader's rows
+                keep = [i for i in range(unit.rows) if (index + i) % readers == first_row]
+                index += unit.rows
+                if not keep:
+                    continue
+                table = self._read(unit).take(keep)
+            else:
+                table = self._read(unit)
+            yield from from_table(table, ShardRow)
+
+    def _read(self, unit: _Unit) -> pa.Table:
+        with self.storage.open(unit.path) as f:
+            return pq.ParquetFile(f).read_row_group(unit.group)
+
+    def _buffered(self, rows: Iterator[ShardRow], rng: np.random.Generator) -> Iterator[ShardRow]:
+        buffer: list[ShardRow] = []
+        for row in rows:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(row)
+                continue
+            i = int(rng.integers(len(buffer)))
+            buffer[i], row = row, buffer[i]
+            yield row
+        rng.shuffle(buffer)
+        yield from buffer
 
     def _sample(self, row: ShardRow) -> dict[str, Any]:
         sample: dict[str, Any] = {
