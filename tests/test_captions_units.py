@@ -3,8 +3,10 @@ tolerant parsing, facts and colour names, rate limiter, backoff, the grounded wr
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -303,6 +305,30 @@ def test_cache_is_shared_by_processes(tmp_path: Path) -> None:
     assert cache.get("w0-149") is not None and cache.get("w1-0") is not None
 
 
+def _open_at_once(directory: str, barrier: Any, worker: int) -> str | None:
+    from annotators.captions.cache import ResponseCache, Usage
+
+    barrier.wait()
+    cache = ResponseCache(directory)
+    cache.put(f"k{worker}", "m", {"n": worker}, Usage(1, 0, 1), 0.0, "online", "r", "c")
+    return json.dumps(cache.get(f"k{worker}").response)  # type: ignore[union-attr]
+
+
+def test_cache_opened_by_many_processes_at_once(tmp_path: Path) -> None:
+    """The actors of a pool start together: opening a new cache file at the same instant
+    (which switches it to WAL) must not fail any of them with "database is locked"."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = 6
+    with ctx.Manager() as manager, ctx.Pool(workers) as pool:
+        for round_ in range(4):
+            directory = str(tmp_path / f"round{round_}")
+            barrier = manager.Barrier(workers)
+            got = pool.starmap(_open_at_once, [(directory, barrier, w) for w in range(workers)])
+            assert got == [json.dumps({"n": w}) for w in range(workers)]
+
+
 def test_condition_visuals_plugin_video_and_turns(tmp_path: Path) -> None:
     """A third-party condition's video payload gives frames; the cap is shared in turns."""
     import cv2
@@ -317,7 +343,7 @@ def test_condition_visuals_plugin_video_and_turns(tmp_path: Path) -> None:
         strokes: int
         animation: PayloadRef
 
-    class SketchType(ConditionType):
+    class SketchType(ConditionType[Sketch]):
         name = "sketch"
         summary_model = Sketch
 

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests import media
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +53,37 @@ def _stop_cluster(temp: str) -> None:
         psutil.wait_procs(victims, timeout=10)
 
 
+def _plugin_path(folder: Path) -> str:
+    """A PYTHONPATH that registers tests/cluster_rendezvous.py as an installed plugin does:
+    through an entry point in a dist-info folder (read by importlib.metadata)."""
+    dist = folder / "a2c_rendezvous_plugin-0.0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: a2c-rendezvous-plugin\nVersion: 0.0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[any2capins.conditions]\nrendezvous = tests.cluster_rendezvous:RendezvousConditionType\n"
+    )
+    return os.pathsep.join([str(folder), str(REPO)])
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    pythonpath: str  # what its nodes were started with: the driver needs the same
+
+
 @pytest.fixture
-def two_node_cluster() -> Iterator[str]:
+def two_node_cluster() -> Iterator[Cluster]:
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, **CLUSTER_ENV}
-    env.pop("RAY_ADDRESS", None)
     # Short: Ray puts Unix sockets under it, and socket paths are limited to ~107 bytes.
     temp = tempfile.mkdtemp(prefix="a2c-ray-", dir="/tmp")
+    # Every node's workers inherit the environment of the `ray start` that made the node.
+    pythonpath = _plugin_path(Path(temp) / "plugin")
+    env = {**os.environ, **CLUSTER_ENV, "PYTHONPATH": pythonpath}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("ANY2CAP_DISABLE_PLUGINS", None)
     # 3 logical CPUs per node: two 2-CPU actors of one stage cannot share a node.
     common = [
         "--disable-usage-stats",
@@ -89,28 +114,39 @@ def two_node_cluster() -> Iterator[str]:
             capture_output=True,
             timeout=180,
         )
-        yield address
+        yield Cluster(address, pythonpath)
     finally:
         _stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_build_on_two_node_cluster(two_node_cluster: str, tmp_path: Path) -> None:
+def test_build_on_two_node_cluster(two_node_cluster: Cluster, tmp_path: Path) -> None:
+    address = two_node_cluster.address
     src = tmp_path / "src"
     src.mkdir()
     for i in range(6):
         media.make_video(src / f"v{i}.mp4", seconds=1.5)
     recipe = tmp_path / "spread.yaml"
+    # The two 2-CPU actors of `rendezvous` cannot share a 3-CPU node; each waits on its first
+    # clip until the other has arrived, so neither can finish the six clips alone.
+    meet = tmp_path / "meet"
     recipe.write_text(
         "name: spread\n"
         "stages:\n"
-        "  - annotator: clip_stats\n"
+        "  - annotator: rendezvous\n"
+        f"    params: {{directory: '{meet}', actors: 2, timeout_s: 240}}\n"
         "    resources: {num_cpus: 2, concurrency: 2, batch_size: 1}\n"
-        "  - annotator: keyframes\n"
-        "    resources: {num_cpus: 0.25, concurrency: 1, batch_size: 2}\n"
+        "  - annotator: clip_stats\n"
+        "    resources: {num_cpus: 0.5, concurrency: 1, batch_size: 2}\n"
     )
     out = tmp_path / "run"
-    env = {**os.environ, **CLUSTER_ENV, "RAY_ADDRESS": two_node_cluster}
+    env = {
+        **os.environ,
+        **CLUSTER_ENV,
+        "RAY_ADDRESS": address,
+        "PYTHONPATH": two_node_cluster.pythonpath,
+    }
+    env.pop("ANY2CAP_DISABLE_PLUGINS", None)
     proc = subprocess.run(
         [
             str(BIN / "any2cap"),
@@ -128,7 +164,7 @@ def test_build_on_two_node_cluster(two_node_cluster: str, tmp_path: Path) -> Non
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert two_node_cluster in proc.stderr
+    assert address in proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["records_ok"] == 6 and report["failed"] == 0
 
@@ -136,7 +172,7 @@ def test_build_on_two_node_cluster(two_node_cluster: str, tmp_path: Path) -> Non
         [
             sys.executable,
             "-c",
-            f"import ray, json; ray.init(address='{two_node_cluster}', log_to_driver=False);"
+            f"import ray, json; ray.init(address='{address}', log_to_driver=False);"
             "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))",
         ],
         capture_output=True,
@@ -150,7 +186,11 @@ def test_build_on_two_node_cluster(two_node_cluster: str, tmp_path: Path) -> Non
     used = set()
     for path in (out / "records").glob("*.json"):
         record = json.loads(path.read_text())
+        arrival = json.loads(record["conditions"]["extra"]["rendezvous"])
+        assert arrival["met"] == 2, arrival
+        assert record["stats"] is not None
         for stage in record["provenance"]["stages"]:
-            if stage["stage"] == "clip_stats":
+            if stage["stage"] == "rendezvous":
                 used.add(stage["node"])
-    assert used == alive, "the two clip_stats actors ran on both nodes"
+    assert len(list(meet.iterdir())) == 2
+    assert used == alive, "the two rendezvous actors worked on both nodes"

@@ -14,6 +14,7 @@ cache on a local disk (SQLite locking is unreliable on NFS and absent on object 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -84,17 +85,36 @@ class ResponseCache:
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "responses.sqlite")
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        with self._setup_lock():
+            conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def _setup_lock(self) -> Iterator[None]:
+        """Serialise connection set-up across processes.
+
+        Switching a fresh file to WAL needs an exclusive lock, and SQLite may answer a
+        concurrent switch with "database is locked" at once instead of calling the busy
+        handler; so openers take turns on a sidecar flock for it (milliseconds each).
+        """
+        with open(self.path + ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            # autocommit: transactions are explicit (BEGIN IMMEDIATE), so a reader never
-            # has to upgrade to a writer lock, which SQLite may refuse without waiting.
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=60000")
+            with self._setup_lock():
+                # autocommit: transactions are explicit (BEGIN IMMEDIATE), so a reader
+                # never has to upgrade to a writer lock, which SQLite may refuse without
+                # waiting.
+                conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
 
