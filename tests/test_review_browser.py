@@ -9,6 +9,7 @@ player steps frames and keeps the condition panes in sync.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,6 +77,22 @@ def _login(browser: Any, base: str, name: str) -> tuple[Any, Any]:
     page.wait_for_url(f"{base}/review")
     page.wait_for_load_state("load")
     return context, page
+
+
+def _wait_until(page: Any, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression from Python until it is truthy.
+
+    Not ``page.wait_for_function``: it compiles a string predicate with ``eval`` inside
+    the page, which Chromium allows only in the synchronous part of the DevTools call.
+    When the predicate is still false and is polled again later, the app's CSP (no
+    'unsafe-eval') refuses it, so that wait failed only on a slow machine (CI, session 3).
+    ``page.evaluate`` runs each check as its own DevTools call.
+    """
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout:.0f} s: {expression}")
+        time.sleep(0.05)
 
 
 def _claim_with_keyboard(page: Any) -> int:
@@ -200,21 +217,21 @@ def test_player_steps_frames_and_panes_follow(
     # Item 1 has every condition: depth and pose previews are videos that must follow.
     page.goto(f"{base}/review/items/1")
     video = "document.getElementById('main-video')"
-    page.wait_for_function(f"{video}.readyState >= 2", timeout=15_000)
+    _wait_until(page, f"{video}.readyState >= 2", timeout=15)
     start = page.evaluate(f"{video}.currentTime")
     page.keyboard.press(".")
     page.keyboard.press(".")
-    page.wait_for_function(f"Math.abs({video}.currentTime - {start} - 2/12) < 0.02")
+    _wait_until(page, f"Math.abs({video}.currentTime - {start} - 2/12) < 0.02")
     page.keyboard.press(",")
-    page.wait_for_function(f"Math.abs({video}.currentTime - {start} - 1/12) < 0.02")
+    _wait_until(page, f"Math.abs({video}.currentTime - {start} - 1/12) < 0.02")
     page.keyboard.press(" ")
-    page.wait_for_function(f"!{video}.paused")
+    _wait_until(page, f"!{video}.paused")
     panes = "Array.from(document.querySelectorAll('video.sync'))"
     assert page.evaluate(f"{panes}.length") >= 2  # depth and pose previews
     # the panes start with the main video: waited for, not timed (CI machines are slow)
-    page.wait_for_function(f"{panes}.every(v => !v.paused)", timeout=15_000)
+    _wait_until(page, f"{panes}.every(v => !v.paused)", timeout=15)
     page.keyboard.press("k")
-    page.wait_for_function(f"{video}.paused")
+    _wait_until(page, f"{video}.paused")
     page.keyboard.press("]")
     assert page.evaluate(f"{video}.playbackRate") == 1.5
     page.keyboard.press("o")
