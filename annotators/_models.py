@@ -1,6 +1,7 @@
 """Where a stage's models come from, shared by the model stages: the Hugging Face offline
-switch, and a cheap check that a transformers model folder or hub id can be loaded here,
-made before a build starts without loading anything (see ``Annotator.preflight``)."""
+switch, a cheap check that a transformers model folder or hub id can be loaded here, made
+before a build starts without loading anything (see ``Annotator.preflight``), and the
+lookup of single-file models (ONNX graphs) by local path or hub file."""
 
 from __future__ import annotations
 
@@ -32,3 +33,65 @@ def model_folder_problem(ref: str, local: bool) -> str | None:
     if isinstance(try_to_load_from_cache(ref, "config.json"), str):
         return None
     return "not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
+
+
+def looks_like_path(ref: str) -> bool:
+    """A model reference that names a local file or folder rather than a hub id."""
+    return ref.startswith(("/", "./", "../", "~")) or os.path.exists(ref)
+
+
+def hub_file(spec: str) -> tuple[str, str] | None:
+    """``owner/repo:file`` or ``owner/repo/file`` -> (repo id, file name); None otherwise."""
+    if spec.startswith(("/", ".", "~")):
+        return None
+    if ":" in spec:
+        repo, _, name = spec.partition(":")
+    else:
+        parts = spec.split("/")
+        repo, name = "/".join(parts[:2]), "/".join(parts[2:])
+    if repo.count("/") != 1 or not all(repo.split("/")) or not name:
+        return None
+    return repo, name
+
+
+def model_file(spec: str, what: str, setting: str, released: str | None = None) -> Path:
+    """A single-file model (an ``.onnx`` graph): a local path, or a hub file
+    ``owner/repo:file`` fetched with huggingface_hub (from its cache only when
+    HF_HUB_OFFLINE is set).
+
+    A model that cannot be found is a :class:`MissingDependency` naming it and saying how to
+    provide it: ``setting`` is where the stage is pointed at a file ("the stage's `detector`
+    param"), ``released`` the hub file to fetch when a local path is missing. Nothing weaker
+    is ever substituted.
+    """
+    from annotators.base import MissingDependency
+
+    def fetch(repo: str, name: str) -> str:
+        return (
+            f"On a machine with network access run `hf download {repo} {name} --local-dir "
+            f"DIR`, copy DIR/{name} here and point {setting} at it."
+        )
+
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if path.is_file():
+            return path
+        hub = hub_file(released) if released else None
+        hint = fetch(*hub) if hub else f"Point {setting} at an existing file."
+        raise MissingDependency(f"{what} model file {spec} does not exist. {hint}")
+    hub = hub_file(spec)
+    if hub is None:
+        raise MissingDependency(
+            f"{what} model {spec!r} is neither a local file nor a hub file "
+            f"'owner/repo:file'; set {setting}."
+        )
+    repo, name = hub
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, name, local_files_only=hf_offline()))
+    except Exception as e:  # offline, missing repo, auth: all mean "not here"
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise MissingDependency(
+            f"{what} model {spec} is not available ({first}). {fetch(repo, name)}"
+        ) from e

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 import annotators
 import workflows.recipes
 from annotators import PROVENANCE_KEY, Annotator, ClipInput, MissingDependency
+from annotators._models import model_file
 from annotators.identities import IdentitiesAnnotator, IdentitiesConditionType, IdentitiesConfig
 from annotators.identities.annotator import (
     detection_indices,
@@ -26,14 +27,7 @@ from annotators.identities.annotator import (
     write_identities,
 )
 from annotators.identities.condition import position_phrase
-from annotators.identities.detector import (
-    Detection,
-    YoloxDetector,
-    letterbox,
-    nms,
-    postprocess,
-    resolve_model_file,
-)
+from annotators.identities.detector import Detection, YoloxDetector, postprocess
 from annotators.identities.grounding import (
     GroundingDinoDetector,
     grounded_detections,
@@ -60,6 +54,7 @@ from annotators.identities.selection import (
     tracks_from_masks,
     unpack_masks,
 )
+from annotators.yolox import letterbox, nms
 from pipeline.build import run_build
 from pipeline.recipe import load_recipe_file, resolve_recipe
 from pipeline.rundir import RunDir
@@ -170,11 +165,11 @@ def test_detector_decodes_known_boxes_back_to_frame_pixels(models: dict[str, Pat
 def test_letterbox_is_bgr_padded_bottom_right() -> None:
     frame = np.zeros((100, 200, 3), np.uint8)
     frame[..., 0] = 255  # pure red in RGB
-    blob, ratio = letterbox(frame, 640)
-    assert blob.shape == (1, 3, 640, 640) and blob.dtype == np.float32 and ratio == 3.2
-    assert blob[0, 2, 0, 0] == 255 and blob[0, 0, 0, 0] == 0  # red lands in channel 2 (BGR)
-    assert blob[0, 0, 639, 639] == 114 and blob[0, :, 319, 0].tolist() == [0, 0, 255]
-    assert (blob[0, :, 320:, :] == 114).all()
+    blob, ratio = letterbox(frame, (640, 640))
+    assert blob.shape == (3, 640, 640) and blob.dtype == np.float32 and ratio == 3.2
+    assert blob[2, 0, 0] == 255 and blob[0, 0, 0] == 0  # red lands in channel 2 (BGR)
+    assert blob[0, 639, 639] == 114 and blob[:, 319, 0].tolist() == [0, 0, 255]
+    assert (blob[:, 320:, :] == 114).all()
 
 
 def test_postprocess_thresholds_and_class_aware_nms() -> None:
@@ -200,14 +195,14 @@ def test_missing_or_broken_detector_is_a_setup_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not an onnx graph")
     with pytest.raises(MissingDependency, match="cannot be loaded by onnxruntime"):
         YoloxDetector(str(bad))
-    with pytest.raises(MissingDependency, match="neither a local file nor 'repo_id:filename'"):
-        resolve_model_file("just-a-name", "YOLOX detector", "how")
+    with pytest.raises(MissingDependency, match="neither a local file nor a hub file"):
+        model_file("just-a-name", "YOLOX detector", "the param")
 
 
 def test_hub_ids_missing_offline_name_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read when the model is looked up
     with pytest.raises(MissingDependency, match=r"yzd-v/DWPose:yolox_l\.onnx is not available"):
-        resolve_model_file("yzd-v/DWPose:yolox_l.onnx", "YOLOX detector", "how")
+        model_file("yzd-v/DWPose:yolox_l.onnx", "YOLOX detector", "the param")
     with pytest.raises(MissingDependency, match=r"'facebook/sam2\.1-hiera-tiny'.*sam2_model"):
         Sam2VideoSegmenter("facebook/sam2.1-hiera-tiny")
     with pytest.raises(MissingDependency, match=r"'IDEA-Research/grounding-dino-tiny'"):

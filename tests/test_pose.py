@@ -15,6 +15,7 @@ import pytest
 import annotators
 from annotators import ClipInput, MissingDependency
 from annotators._media import decode_mp4
+from annotators._onnx import open_model
 from annotators.pose import (
     DEFAULT_DETECTOR,
     ENV_DETECTOR,
@@ -31,7 +32,7 @@ from annotators.pose import (
 )
 from annotators.pose._draw import BODY_COLORS, hand_edge_color
 from annotators.pose._keypoints import select_tracks
-from annotators.pose._runner import decode_simcc, detect_people, estimate_poses, open_model
+from annotators.pose._runner import decode_simcc, detect_people, estimate_poses
 from pipeline.build import run_build
 from pipeline.recipe import load_recipe_file, resolve_recipe
 from pipeline.rundir import RunDir

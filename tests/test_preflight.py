@@ -109,7 +109,7 @@ def test_preflight_names_a_missing_model_as_building_would(
         (
             PoseAnnotator,
             PoseConfig(detector=gone + ".onnx", pose_model=str(models["dwpose_pose"])),
-            r"DWPose detector .*no such file",
+            r"DWPose detector model file .*gone\.onnx does not exist.*hf download",
         ),
         (
             IdentitiesAnnotator,

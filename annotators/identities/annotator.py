@@ -27,11 +27,10 @@ from annotators.identities.condition import IdentitiesConditionType
 from annotators.identities.detector import (
     COCO_CLASSES,
     DEFAULT_DETECTOR,
-    DETECTOR_HOW,
     DETECTOR_LICENSE,
     Detection,
     YoloxDetector,
-    resolve_model_file,
+    detector_file,
 )
 from annotators.identities.grounding import (
     DEFAULT_GROUNDING,
@@ -281,7 +280,7 @@ class IdentitiesAnnotator(Annotator):
     def preflight(cls, config: AnnotatorConfig) -> None:
         cls.check_requires()
         cfg = cast(IdentitiesConfig, config)
-        resolve_model_file(cfg.detector_model, "YOLOX detector", DETECTOR_HOW)
+        detector_file(cfg.detector_model)
         check_sam2(cfg.sam2_model)
         if cfg.open_vocabulary:
             check_grounding(cfg.grounding_model)

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from annotators._models import model_folder_problem
+from annotators._models import hf_offline as offline
+from annotators._models import looks_like_path, model_folder_problem
 from annotators.base import MissingDependency
-from annotators.identities.detector import Detection, looks_like_path, nms, offline
+from annotators.identities.detector import Detection
+from annotators.yolox import nms
 
 DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
 GROUNDING_LICENSE = "Apache-2.0"

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from annotators._models import model_folder_problem
+from annotators._models import hf_offline as offline
+from annotators._models import looks_like_path, model_folder_problem
 from annotators.base import MissingDependency
-from annotators.identities.detector import looks_like_path, offline
 
 DEFAULT_SAM2 = "facebook/sam2.1-hiera-tiny"
 SAM2_LICENSE = "Apache-2.0"

@@ -3,7 +3,6 @@ convention (134 points per person, scores under 0.3 masked), persons tracked acr
 pose maps rendered like controlnet_aux's ``draw_pose``."""
 
 from annotators.pose._condition import (
-    DEFAULT_DETECTOR,
     DEFAULT_POSE_MODEL,
     ENV_DETECTOR,
     ENV_POSE_MODEL,
@@ -20,6 +19,7 @@ from annotators.pose._keypoints import (
     track_boxes,
     wholebody_to_openpose,
 )
+from annotators.yolox import DEFAULT_DETECTOR
 
 __all__ = [
     "DEFAULT_DETECTOR",

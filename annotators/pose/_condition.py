@@ -14,6 +14,8 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from annotators._media import decode_mp4, encode_mp4, playback_fps
+from annotators._models import model_file
+from annotators._onnx import OnnxModel, open_model
 from annotators.base import (
     Annotator,
     AnnotatorConfig,
@@ -32,17 +34,10 @@ from annotators.pose._keypoints import (
     track_boxes,
     wholebody_to_openpose,
 )
-from annotators.pose._runner import (
-    OnnxModel,
-    detect_people,
-    estimate_poses,
-    locate_model_file,
-    open_model,
-    output_dims,
-)
+from annotators.pose._runner import detect_people, estimate_poses
+from annotators.yolox import DEFAULT_DETECTOR
 from schemas import ModelInfo, PoseCondition, Record
 
-DEFAULT_DETECTOR = "yzd-v/DWPose:yolox_l.onnx"
 DEFAULT_POSE_MODEL = "yzd-v/DWPose:dw-ll_ucoco_384.onnx"
 ENV_DETECTOR = "ANY2CAP_DWPOSE_DET"
 ENV_POSE_MODEL = "ANY2CAP_DWPOSE_POSE"
@@ -87,6 +82,24 @@ def _file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def _model_files(cfg: PoseConfig) -> tuple[Path, Path]:
+    """The detector and pose model files, found without loading them."""
+    return (
+        model_file(
+            cfg.detector,
+            "DWPose detector",
+            f"the stage's `detector` param (or {ENV_DETECTOR})",
+            released=DEFAULT_DETECTOR,
+        ),
+        model_file(
+            cfg.pose_model,
+            "DWPose pose model",
+            f"the stage's `pose_model` param (or {ENV_POSE_MODEL})",
+            released=DEFAULT_POSE_MODEL,
+        ),
+    )
 
 
 def _license(spec: str, override: str | None) -> str:
@@ -173,14 +186,12 @@ class PoseAnnotator(Annotator):
     def preflight(cls, config: AnnotatorConfig) -> None:
         cls.check_requires()
         cfg = cast(PoseConfig, config)
-        locate_model_file(cfg.detector, "DWPose detector", ENV_DETECTOR)
-        locate_model_file(cfg.pose_model, "DWPose pose model", ENV_POSE_MODEL)
+        _model_files(cfg)
 
     def setup(self) -> None:
         cfg = self.config
         providers = self._providers(cfg.device)
-        det_path = locate_model_file(cfg.detector, "DWPose detector", ENV_DETECTOR)
-        pose_path = locate_model_file(cfg.pose_model, "DWPose pose model", ENV_POSE_MODEL)
+        det_path, pose_path = _model_files(cfg)
         self.detector = open_model(det_path, providers, cfg.threads, "DWPose detector")
         self.pose_model = open_model(pose_path, providers, cfg.threads, "DWPose pose model")
         self._check_signatures(self.detector, self.pose_model)
@@ -207,13 +218,13 @@ class PoseAnnotator(Annotator):
 
     @staticmethod
     def _check_signatures(det: OnnxModel, pose: OnnxModel) -> None:
-        (det_out, *_) = output_dims(det)
+        (det_out, *_) = det.output_dims()
         if len(det_out) != 3 or (isinstance(det_out[2], int) and det_out[2] < 6):
             raise ValueError(
                 f"DWPose detector {det.path}: output {det_out} is not YOLOX's "
                 "[N, anchors, 5 + classes]"
             )
-        pose_out = output_dims(pose)
+        pose_out = pose.output_dims()
         if len(pose_out) != 2 or any(len(d) != 3 for d in pose_out):
             raise ValueError(
                 f"DWPose pose model {pose.path}: outputs {pose_out} are not SimCC's "
