@@ -10,6 +10,8 @@ relative to the anchor cell, then sigmoid objectness and class scores.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -35,32 +37,42 @@ PAD_VALUE = 114  # YOLOX's letterbox grey
 
 
 def letterbox(frame_rgb: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """The detector's input for one RGB frame: [3, H, W] float32 BGR 0..255, the frame
+    """The detector's input for one RGB frame, as a [3, H, W] uint8 BGR view: the frame
     resized keeping its aspect ratio into the top-left of a grey canvas; and that ratio
-    (frame pixels = input pixels / ratio)."""
+    (frame pixels = input pixels / ratio). Callers stack frames, then convert the batch to
+    float32 once (a 640x640 float frame is 4.9 MB; converting each before stacking copies
+    four times the bytes)."""
     h, w = frame_rgb.shape[:2]
     ratio = min(size_hw[0] / h, size_hw[1] / w)
     new_w, new_h = max(1, int(w * ratio)), max(1, int(h * ratio))
     resized = cv2.resize(frame_rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     canvas = np.full((*size_hw, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[:new_h, :new_w] = resized[..., ::-1]
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32), ratio
+    canvas[:new_h, :new_w] = cv2.cvtColor(resized, cv2.COLOR_RGB2BGR)
+    return canvas.transpose(2, 0, 1), ratio
 
 
+@functools.lru_cache(maxsize=8)
 def anchor_grid(size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Cell offsets [A, 2] (x, y) and strides [A, 1] of the head, in the order of its rows."""
+    """Cell offsets [A, 2] (x, y) and strides [A, 1] of the head, in the order of its rows.
+    Cached per input size, so read-only."""
     cells, strides = [], []
     for s in STRIDES:
         gh, gw = size_hw[0] // s, size_hw[1] // s
         ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
         cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
         strides.append(np.full((gh * gw, 1), s))
-    return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
+    grid = np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
+    for array in grid:
+        array.flags.writeable = False
+    return grid
 
 
-def decode(raw: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One image's raw head rows [A, 5 + C] -> boxes [A, 4] (xyxy, input pixels) and class
-    scores [A, C] (objectness x class)."""
+def decode(
+    raw: np.ndarray, size_hw: tuple[int, int], class_index: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's raw head rows [A, 5 + C] -> boxes [A, 4] (xyxy, input pixels) and scores
+    (objectness x class): [A, C], or [A] for ``class_index`` alone (the pose stage's persons,
+    without scoring 80 classes it drops)."""
     cells, strides = anchor_grid(size_hw)
     if raw.ndim != 2 or raw.shape[0] != cells.shape[0] or raw.shape[1] < 6:
         raise ValueError(
@@ -70,6 +82,8 @@ def decode(raw: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.nd
     centre = (raw[:, :2] + cells) * strides
     wh = np.exp(np.clip(raw[:, 2:4], -20.0, 20.0)) * strides
     boxes = np.concatenate([centre - wh / 2, centre + wh / 2], axis=1)
+    if class_index is not None:
+        return boxes, raw[:, 4] * raw[:, 5 + class_index]
     return boxes, raw[:, 4:5] * raw[:, 5:]
 
 

@@ -166,7 +166,7 @@ def test_letterbox_is_bgr_padded_bottom_right() -> None:
     frame = np.zeros((100, 200, 3), np.uint8)
     frame[..., 0] = 255  # pure red in RGB
     blob, ratio = letterbox(frame, (640, 640))
-    assert blob.shape == (3, 640, 640) and blob.dtype == np.float32 and ratio == 3.2
+    assert blob.shape == (3, 640, 640) and blob.dtype == np.uint8 and ratio == 3.2
     assert blob[2, 0, 0] == 255 and blob[0, 0, 0] == 0  # red lands in channel 2 (BGR)
     assert blob[0, 639, 639] == 114 and blob[:, 319, 0].tolist() == [0, 0, 255]
     assert (blob[:, 320:, :] == 114).all()

@@ -116,7 +116,7 @@ class YoloxDetector:
         if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB frame, got {frame_rgb.shape}")
         chw, ratio = letterbox(frame_rgb, self.model.input_hw)
-        (raw, *_) = self.model.run(chw[None])
+        (raw, *_) = self.model.run(chw[None].astype(np.float32))
         raw = np.asarray(raw, dtype=np.float32)
         if raw.ndim != 3 or raw.shape[0] != 1:
             raise ValueError(f"detector output shape {raw.shape}, expected 1xAx(5+C)")

@@ -43,11 +43,10 @@ def decode_yolox(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image's raw rows [A, 5 + classes] -> person boxes [N, 4] (xyxy, image pixels) and
     scores [N], best first."""
-    boxes, class_scores = decode(raw, size_hw)
-    boxes = boxes / ratio
     # Only the person class is kept; class-aware NMS treats each class on its own, so running
     # it on the person scores alone gives the same boxes.
-    scores = class_scores[:, PERSON_CLASS]
+    boxes, scores = decode(raw, size_hw, class_index=PERSON_CLASS)
+    boxes = boxes / ratio
     valid = scores > PRE_NMS_SCORE
     boxes, scores = boxes[valid], scores[valid]
     keep = nms(boxes, scores, NMS_IOU, plus_one=True) if len(scores) else []
@@ -65,7 +64,7 @@ def detect_people(
         inputs = [
             letterbox(frame, model.input_hw) for frame in frames_rgb[start : start + MAX_BATCH]
         ]
-        (raw, *_) = model.run(np.stack([chw for chw, _ in inputs]))
+        (raw, *_) = model.run(np.stack([chw for chw, _ in inputs]).astype(np.float32))
         out.extend(decode_yolox(raw[i], r, model.input_hw) for i, (_, r) in enumerate(inputs))
     return out
 
