@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from annotators.base import MissingDependency
+
 
 def hf_offline() -> bool:
     """HF_HUB_OFFLINE as set now: huggingface_hub reads it once at import, and an offline
@@ -64,8 +66,6 @@ def model_file(spec: str, what: str, setting: str, released: str | None = None) 
     param"), ``released`` the hub file to fetch when a local path is missing. Nothing weaker
     is ever substituted.
     """
-    from annotators.base import MissingDependency
-
     def fetch(repo: str, name: str) -> str:
         return (
             f"On a machine with network access run `hf download {repo} {name} --local-dir "

@@ -7,6 +7,7 @@ The pose stage runs the same graph for person boxes only; identities keeps every
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from annotators.yolox import (
     COCO_CLASSES,
     DEFAULT_DETECTOR,
     DETECTOR_LICENSE,
-    box_iou,
     decode,
     letterbox,
     nms,
@@ -47,6 +47,38 @@ def detector_file(ref: str) -> Path:
     return model_file(ref, "YOLOX detector", DETECTOR_SETTING, released=DEFAULT_DETECTOR)
 
 
+def per_label_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: Sequence[str],
+    frame_size: tuple[int, int],
+    iou_threshold: float,
+) -> list[Detection]:
+    """Boxes [N, 4] (xyxy, frame pixels) with their scores and labels -> detections: boxes
+    clipped to the frame (width, height), NMS within each label (labels taken in order of
+    first appearance), boxes under a pixel wide or high dropped; best first."""
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)  # a copy: clipped in place
+    w, h = frame_size
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    found: list[Detection] = []
+    for label in dict.fromkeys(labels):
+        idx = np.array([i for i, other in enumerate(labels) if other == label])
+        for k in nms(boxes[idx], scores[idx], iou_threshold):
+            b = boxes[idx[k]]
+            if b[2] - b[0] < 1 or b[3] - b[1] < 1:
+                continue
+            found.append(
+                Detection(
+                    box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                    score=float(scores[idx[k]]),
+                    label=label,
+                )
+            )
+    found.sort(key=lambda d: -d.score)
+    return found
+
+
 def postprocess(
     raw: np.ndarray,
     ratio: float,
@@ -62,27 +94,12 @@ def postprocess(
         raise ValueError(f"detector scores {scores.shape[1]} classes, expected {len(classes)}")
     best = scores.argmax(axis=1)
     best_score = scores[np.arange(scores.shape[0]), best]
-    mask = best_score >= score_threshold
-    boxes, best, best_score = boxes[mask] / ratio, best[mask], best_score[mask]
-    w, h = frame_size
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-    found: list[Detection] = []
-    for cls in np.unique(best):
-        idx = np.flatnonzero(best == cls)
-        for k in nms(boxes[idx], best_score[idx], iou_threshold):
-            b = boxes[idx[k]]
-            if b[2] - b[0] < 1 or b[3] - b[1] < 1:
-                continue
-            found.append(
-                Detection(
-                    box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-                    score=float(best_score[idx[k]]),
-                    label=classes[int(cls)],
-                )
-            )
-    found.sort(key=lambda d: -d.score)
-    return found
+    keep = np.flatnonzero(best_score >= score_threshold)
+    keep = keep[np.argsort(best[keep], kind="stable")]  # classes in index order
+    labels = [classes[int(c)] for c in best[keep]]
+    return per_label_detections(
+        boxes[keep] / ratio, best_score[keep], labels, frame_size, iou_threshold
+    )
 
 
 class YoloxDetector:
@@ -133,10 +150,7 @@ __all__ = [
     "DETECTOR_LICENSE",
     "Detection",
     "YoloxDetector",
-    "box_iou",
-    "decode",
     "detector_file",
-    "letterbox",
-    "nms",
+    "per_label_detections",
     "postprocess",
 ]

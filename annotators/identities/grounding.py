@@ -15,8 +15,7 @@ import numpy as np
 from annotators._models import hf_offline as offline
 from annotators._models import looks_like_path, model_folder_problem
 from annotators.base import MissingDependency
-from annotators.identities.detector import Detection
-from annotators.yolox import nms
+from annotators.identities.detector import Detection, per_label_detections
 
 DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
 GROUNDING_LICENSE = "Apache-2.0"
@@ -61,27 +60,15 @@ def grounded_detections(
     frame (width, height), duplicates of one noun suppressed (its queries overlap)."""
     boxes = np.asarray(results["boxes"], dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(results["scores"], dtype=np.float64).reshape(-1)
-    texts = list(results["text_labels"])
-    w, h = frame_size
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-    labels = [match_noun(t, nouns) for t in texts]
-    found: list[Detection] = []
-    for noun in dict.fromkeys(lbl for lbl in labels if lbl is not None):
-        idx = np.array([i for i, lbl in enumerate(labels) if lbl == noun])
-        for k in nms(boxes[idx], scores[idx], iou_threshold):
-            b = boxes[idx[k]]
-            if b[2] - b[0] < 1 or b[3] - b[1] < 1:
-                continue
-            found.append(
-                Detection(
-                    box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-                    score=float(scores[idx[k]]),
-                    label=noun,
-                )
-            )
-    found.sort(key=lambda d: -d.score)
-    return found
+    labels = [match_noun(t, nouns) for t in results["text_labels"]]
+    matched = [i for i, lbl in enumerate(labels) if lbl is not None]
+    return per_label_detections(
+        boxes[matched],
+        scores[matched],
+        [str(labels[i]) for i in matched],
+        frame_size,
+        iou_threshold,
+    )
 
 
 GROUNDING_HOW = (

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from annotators.identities.detector import Detection, box_iou
+from annotators.identities.detector import Detection
+from annotators.yolox import box_iou
 
 Box = tuple[float, float, float, float]
 
