@@ -66,6 +66,7 @@ def model_file(spec: str, what: str, setting: str, released: str | None = None) 
     param"), ``released`` the hub file to fetch when a local path is missing. Nothing weaker
     is ever substituted.
     """
+
     def fetch(repo: str, name: str) -> str:
         return (
             f"On a machine with network access run `hf download {repo} {name} --local-dir "
