@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Everything else supports them.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Empty: tools/ensure_venv.sh takes python3.11, else python3 when it is 3.11+.
+PYTHON ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -11,8 +12,8 @@ RUN_DIR ?= runs/demo
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# On a fresh Debian machine this installs python3 / python3.X-venv with apt where missing.
+	test -x $(BIN)/python || PYTHON="$(PYTHON)" bash tools/ensure_venv.sh $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@# scenedetect pulls in opencv-python, whose cv2 needs libGL; keep only the headless build's cv2.
