@@ -12,11 +12,13 @@ from annotators.base import (
     config_hash,
 )
 from annotators.captions import CaptionsAnnotator
+from annotators.captions.instances import InstancesAnnotator
 from annotators.clip_stats import ClipStatsAnnotator
 from annotators.keyframes import KeyframesAnnotator
 
 BUILTIN_ANNOTATORS: dict[str, type[Annotator]] = {
-    cls.name: cls for cls in (ClipStatsAnnotator, KeyframesAnnotator, CaptionsAnnotator)
+    cls.name: cls
+    for cls in (ClipStatsAnnotator, KeyframesAnnotator, CaptionsAnnotator, InstancesAnnotator)
 }
 
 
@@ -36,6 +38,7 @@ __all__ = [
     "ClipInput",
     "ClipStatsAnnotator",
     "FrameSampling",
+    "InstancesAnnotator",
     "KeyframesAnnotator",
     "MissingDependency",
     "Resources",

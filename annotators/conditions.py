@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from annotators.base import Annotator
-from schemas import Conditions, PayloadRef, Record, arrow_type
+from schemas import Conditions, PayloadRef, Record, Suitability, arrow_type
 
 ENTRY_POINT_GROUP = "any2capins.conditions"
 
@@ -44,6 +44,9 @@ class ConditionType(Generic[S_co]):
     summary_model: ClassVar[type[BaseModel]]
     annotators: ClassVar[tuple[type[Annotator], ...]] = ()
     description: ClassVar[str] = ""
+    # The limits :meth:`suitability` compares its measurements with; a recipe overrides
+    # them per type (the ``instances`` stage's ``suitability`` params), never adds keys.
+    default_thresholds: ClassVar[dict[str, float]] = {}
 
     # where the summary lives in the record
     @classmethod
@@ -112,6 +115,18 @@ class ConditionType(Generic[S_co]):
     def short_prompt_violations(self, prompt: str, summary: BaseModel, record: Record) -> list[str]:
         """Rules broken by a short prompt that can be checked mechanically."""
         return []
+
+    def suitability(
+        self, summary: BaseModel, record: Record, thresholds: Mapping[str, float]
+    ) -> Suitability:
+        """Whether this clip makes a good instance of this condition type, with the values
+        measured and the reason. ``thresholds`` is :attr:`default_thresholds` with the
+        recipe's overrides. The default accepts every clip that has the condition."""
+        return Suitability(
+            suitable=True,
+            reason=f"the clip has a {self.name} condition (no rule of its own)",
+            thresholds=dict(thresholds),
+        )
 
 
 def _is_own(value: str) -> bool:

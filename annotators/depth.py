@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
@@ -16,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from annotators._media import decode_mp4, encode_mp4, playback_fps
-from annotators._models import hf_offline, model_folder_problem
+from annotators._models import fetch_hint, hub_cache_only, model_folder_problem
 from annotators.base import (
     Annotator,
     AnnotatorConfig,
@@ -26,10 +27,9 @@ from annotators.base import (
     Resources,
 )
 from annotators.conditions import ConditionType, PayloadReader
-from schemas import DepthCondition, DepthLayout, ModelInfo, Record
+from annotators.model_catalog import DEFAULT_DEPTH_MODEL, ENV_DEPTH_MODEL
+from schemas import DepthCondition, DepthLayout, ModelInfo, Record, Suitability
 
-DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
-ENV_DEPTH_MODEL = "ANY2CAP_DEPTH_MODEL"
 U16_MAX = 65535
 
 # Licences of the published checkpoints (model cards). V2 Base/Large/Giant are non-commercial.
@@ -316,6 +316,72 @@ class DepthConditionType(ConditionType[DepthCondition]):
         "Depth Anything relative inverse depth per sampled frame (uint16 .npz + preview MP4)"
     )
 
+    # Any clip that is not degenerate: black (mean luma under 2%), flat depth maps, or frozen
+    # (neither the pixels nor the depth maps change between samples). Brightness and motion
+    # come from the clip_stats stage and are not judged when it did not run.
+    default_thresholds: ClassVar[dict[str, float]] = {
+        "min_mean_brightness": 0.02,
+        "min_motion_magnitude": 0.001,
+        "min_depth_change": 0.002,
+    }
+
+    def suitability(
+        self, summary: BaseModel, record: Record, thresholds: Mapping[str, float]
+    ) -> Suitability:
+        s = self.summary_of(summary)
+        min_bright = float(thresholds["min_mean_brightness"])
+        min_motion = float(thresholds["min_motion_magnitude"])
+        min_change = float(thresholds["min_depth_change"])
+        measured: dict[str, float] = {}
+        stats, layout = record.stats, s.layout
+        if stats is not None:
+            measured["mean_brightness"] = stats.mean_brightness
+            measured["motion_magnitude"] = stats.motion_magnitude
+        if layout is not None:
+            measured["depth_mean_change"] = layout.mean_change
+            measured["flat"] = 1.0 if layout.flat else 0.0
+        problems = []
+        if stats is not None and stats.mean_brightness < min_bright:
+            problems.append(
+                f"the clip is black (mean brightness {stats.mean_brightness:.3f} < {min_bright:.3f})"
+            )
+        if layout is not None and layout.flat:
+            problems.append("the depth maps are flat (no measurable depth variation)")
+        still = stats is None or stats.motion_magnitude < min_motion
+        if layout is not None and s.frames > 1 and still and layout.mean_change < min_change:
+            motion = (
+                ""
+                if stats is None
+                else f"pixel motion {stats.motion_magnitude:.4f} < {min_motion:.4f}, "
+            )
+            problems.append(
+                f"the clip is frozen ({motion}depth change {layout.mean_change:.4f} < "
+                f"{min_change:.4f})"
+            )
+        limits = {
+            "min_mean_brightness": min_bright,
+            "min_motion_magnitude": min_motion,
+            "min_depth_change": min_change,
+        }
+        if problems:
+            reason = "the clip is degenerate for depth: " + "; ".join(problems)
+        else:
+            parts = []
+            if stats is not None:
+                parts.append(f"mean brightness {stats.mean_brightness:.3f} >= {min_bright:.3f}")
+            if layout is not None:
+                parts.append("the depth maps vary")
+                parts.append(
+                    f"pixel motion {stats.motion_magnitude:.4f} (min {min_motion:.4f}) or depth "
+                    f"change {layout.mean_change:.4f} (min {min_change:.4f}) shows change"
+                    if stats is not None
+                    else f"depth change {layout.mean_change:.4f} (min {min_change:.4f})"
+                )
+            reason = "the clip is not degenerate: " + ("; ".join(parts) or "nothing measured")
+        return Suitability(
+            suitable=not problems, reason=reason, measured=measured, thresholds=limits
+        )
+
     def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
         """``depth`` float32 [F, H, W] relative inverse depth (larger = nearer), ``depth_u16``,
         ``raw_min``/``raw_max`` [F], ``timestamps_s`` [F], and ``preview`` [F, H, W, 3] uint8
@@ -443,7 +509,7 @@ class DepthAnnotator(Annotator):
             return str(path), True
         if _looks_like_path(model) or path.exists():
             raise MissingDependency(cls._how_to_provide(model, f"no model directory at {path}"))
-        return model, hf_offline()
+        return model, hub_cache_only()
 
     @staticmethod
     def _how_to_provide(model: str, reason: str) -> str:
@@ -452,8 +518,9 @@ class DepthAnnotator(Annotator):
             f"depth model {model!r} is not available ({reason.splitlines()[0][:300]}). "
             f"On a machine with internet access run `hf download {hub_id} --local-dir DIR`, "
             f"copy DIR here and point the stage at it (params.model or {ENV_DEPTH_MODEL}=DIR); "
-            "DIR must hold config.json, preprocessor_config.json and the weights. Online, a hub "
-            "id downloads on first use unless HF_HUB_OFFLINE=1."
+            "DIR must hold config.json, preprocessor_config.json and the weights. A hub id is "
+            "read from the Hugging Face cache (ANY2CAP_ALLOW_DOWNLOADS=1 lets the stage "
+            "download it). " + fetch_hint("depth")
         )
 
     def _version(self, source: str) -> str:

@@ -7,13 +7,14 @@ fills it. A failure row is what a clip becomes when a stage cannot process it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 
 # Fixed namespace so clip ids are stable across machines, runs and versions.
 CLIP_NAMESPACE = uuid.UUID("6f1c3c4e-8a51-4c59-9d0e-2b7f3a1d9e42")
@@ -38,6 +39,12 @@ def make_clip_id(source_uri: str, start_s: float | None, end_s: float | None) ->
         key = f"{source_uri}#source"
     else:
         key = f"{source_uri}#{start_s:.3f}-{end_s:.3f}"
+    return str(uuid.uuid5(CLIP_NAMESPACE, key))
+
+
+def make_instance_id(clip_id: str, condition_types: list[str] | tuple[str, ...]) -> str:
+    """uuid5 of the clip id and the sorted condition types: one id per (clip, set)."""
+    key = f"{clip_id}#instance#{'+'.join(sorted(condition_types))}"
     return str(uuid.uuid5(CLIP_NAMESPACE, key))
 
 
@@ -158,6 +165,10 @@ class PoseCondition(_Model):
     people_max: int = Field(default=0, ge=0, description="most persons visible in one frame")
     people_typical: int = Field(default=0, ge=0, description="median persons per frame")
     activity: list[PersonActivity] = Field(default_factory=list)
+    body_keypoints: list[int] = Field(
+        default_factory=list,
+        description="per sampled frame, the most confident body keypoints (of 18) of any person",
+    )
 
 
 class Identity(_Model):
@@ -173,6 +184,11 @@ class Identity(_Model):
     center: list[float] = Field(
         default_factory=list,
         description="mean box centre (x, y) where present, as fractions of width and height",
+    )
+    area_cv: float = Field(
+        default=0.0,
+        ge=0,
+        description="mask stability: coefficient of variation of the mask area where present",
     )
 
 
@@ -195,6 +211,13 @@ class CameraCondition(_Model):
     description: str
     trajectory: PayloadRef
     speed: str = Field(default="", description="slowly / moderately / quickly; '' when static")
+    usable: bool = Field(
+        default=True, description="False: too little texture to track, no trajectory measured"
+    )
+    quality: dict[str, float] = Field(
+        default_factory=dict,
+        description="estimates only: mean_tracks, inlier_ratio, reprojection_rms_px, lost_fraction",
+    )
 
 
 class Conditions(_Model):
@@ -230,6 +253,59 @@ class StructuredCaption(_Model):
         )
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?%?")
+
+
+def reason_category(reason: str) -> str:
+    """A short category for a suitability reason, to count clips turned away per cause: the
+    first clause, numbers as N ("2 people at most, need 3" -> "N people at most")."""
+    text = _NUMBER.sub("N", reason.strip())
+    first = re.split(r"[;:,(]|\s[-–]\s", text, maxsplit=1)[0]
+    return " ".join(first.split()).rstrip(".") or "(no reason given)"
+
+
+class Suitability(_Model):
+    """Whether a clip suits one condition type, judged by that type's own rule.
+
+    ``measured`` holds the values the rule looked at and ``thresholds`` the recipe's limits,
+    so a reviewer or the dataset card can see why a clip was turned away.
+    """
+
+    suitable: bool
+    reason: str
+    measured: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def category(self) -> str:
+        return reason_category(self.reason)
+
+
+class Instance(_Model):
+    """One training instance: this clip, a set of condition types and a short prompt
+    written for that set (the paper's shape: one condition type; test compositions: more).
+    The target is the clip's structured caption, shared by all of the clip's instances."""
+
+    instance_id: str
+    condition_types: list[str] = Field(min_length=1, description="sorted")
+    composition: bool = Field(default=False, description="more than one condition type")
+    short_prompt: str | None = None
+
+    @property
+    def key(self) -> str:
+        """``camera+depth``: the condition set as one name."""
+        return "+".join(self.condition_types)
+
+
+class CaptionFlag(_Model):
+    """A place where the caption contradicts what a condition measured."""
+
+    check: str = Field(description="camera_direction, camera_motion, subject_count, ...")
+    component: str
+    fact: str = Field(description="the measured fact, in words")
+    words: str = Field(description="the caption's words that disagree")
+
+
 class ModelInfo(_Model):
     model_id: str
     version: str = ""
@@ -257,6 +333,8 @@ class Provenance(_Model):
     run_id: str
     schema_version: str = SCHEMA_VERSION
     stages: list[StageProvenance] = Field(default_factory=list)
+    # stages of the recipe left out of this run (stage -> why), e.g. a missing model
+    stages_left_out: dict[str, str] = Field(default_factory=dict)
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
@@ -278,8 +356,21 @@ class Record(_Model):
     stats: ClipStats | None = None
     keyframes: Keyframes | None = None
     conditions: Conditions = Field(default_factory=Conditions)
+    suitability: dict[str, Suitability] = Field(
+        default_factory=dict, description="condition type -> whether this clip suits it"
+    )
     caption: StructuredCaption | None = None
-    short_prompt: str | None = None
+    short_prompt: str | None = Field(
+        default=None,
+        description="one prompt for the whole clip (recipes without instance planning)",
+    )
+    instances: list[Instance] | None = Field(
+        default=None,
+        description="None: the recipe plans no instances; []: planned, none suitable",
+    )
+    checks: list[CaptionFlag] = Field(
+        default_factory=list, description="caption-condition cross-check flags"
+    )
     provenance: Provenance
     review: ReviewState = Field(default_factory=ReviewState)
 

@@ -102,6 +102,15 @@ _SENTENCES = (
     "Behind them a cafe has tables outside, most of them empty, with folded umbrellas.",
     "The woman stops, smiles at the dog and then continues on her way.",
 )
+# Short prompts that name no appearance, colour, layout, posture or camera: they pass every
+# built-in condition type's omission rules (FakeOpenAI(plain_prompts=True)).
+_PLAIN_PROMPT_SENTENCES = (
+    "Someone spends a quiet moment at home and goes about an ordinary task.",
+    "The scene feels calm and unhurried, like a weekday afternoon.",
+    "Light from a window fills the room while the moment unfolds.",
+    "Everyday life carries on without any sudden event or surprise.",
+    "The mood stays relaxed and friendly from start to finish.",
+)
 WORDS_PER_COMPONENT = {
     "dense": 90,
     "main_object": 45,
@@ -117,16 +126,17 @@ _CAMERA_COMPONENT = (
 )
 
 
-def answer_text(key: str, seed: str, words: int | None = None) -> str:
+def answer_text(key: str, seed: str, words: int | None = None, plain: bool = False) -> str:
     """Deterministic prose of about ``words`` words for the component ``key``."""
     if key == "camera" and words is None:
         return _CAMERA_COMPONENT
     target = words if words is not None else WORDS_PER_COMPONENT.get(key, 40)
-    start = int(hashlib.sha256(seed.encode()).hexdigest(), 16) % len(_SENTENCES)
+    sentences = _PLAIN_PROMPT_SENTENCES if plain and key == "short_prompt" else _SENTENCES
+    start = int(hashlib.sha256(seed.encode()).hexdigest(), 16) % len(sentences)
     out: list[str] = []
     i = start
     while sum(len(s.split()) for s in out) < target:
-        out.append(_SENTENCES[i % len(_SENTENCES)])
+        out.append(sentences[i % len(sentences)])
         i += 1
     return " ".join(out)
 
@@ -136,6 +146,7 @@ class Fault:
     kind: str
     component: str | None = None  # dense ... action, short_prompt; None: any
     match: str | None = None  # substring of the request body; None: any
+    unless: str | None = None  # a request body holding this substring is spared
     times: int = 1
     retry_after: str | None = "0.2"  # header value for 429
     hang_s: float = 3.0
@@ -190,13 +201,17 @@ class FakeOpenAI:
         batch_delay_s: float = 0.3,
         supports_json_schema: bool = True,
         prompt_cache: bool = True,
+        plain_prompts: bool = False,
     ) -> None:
         self.latency_s = latency_s
         self.batch_delay_s = batch_delay_s
         self.supports_json_schema = supports_json_schema
         self.prompt_cache = prompt_cache
+        self.plain_prompts = plain_prompts
         self.faults: list[Fault] = []
         self.stats = Stats()
+        # every chat request's body, in arrival order (tests read what the client sent)
+        self.bodies: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -257,6 +272,8 @@ class FakeOpenAI:
                     continue
                 if f.match is not None and f.match not in raw:
                     continue
+                if f.unless is not None and f.unless in raw:
+                    continue
                 f.used += 1
                 self.stats.faults_fired[f.kind] = self.stats.faults_fired.get(f.kind, 0) + 1
                 return f
@@ -296,7 +313,7 @@ class FakeOpenAI:
         """(status, JSON body or raw text, headers) for one chat request."""
         key = self.component_of(body)
         seed = json.dumps(body, sort_keys=True)[-400:]
-        content: str | None = json.dumps({key: answer_text(key, seed)})
+        content: str | None = json.dumps({key: answer_text(key, seed, plain=self.plain_prompts)})
         refusal: str | None = None
         finish = "stop"
         kind = fault.kind if fault else None
@@ -322,7 +339,9 @@ class FakeOpenAI:
             content = json.dumps({key: items})
         elif kind == "violation":
             assert fault is not None
-            content = json.dumps({key: answer_text(key, seed) + " " + fault.text})
+            content = json.dumps(
+                {key: answer_text(key, seed, plain=self.plain_prompts) + " " + fault.text}
+            )
         completion = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -537,6 +556,7 @@ class _Handler(BaseHTTPRequestHandler):
             key = owner.component_of(body)
             with owner.lock:
                 owner.stats.by_component[key] = owner.stats.by_component.get(key, 0) + 1
+                owner.bodies.append(body)
             fault = owner._take_fault(key, raw.decode())
             if owner.latency_s:
                 time.sleep(owner.latency_s)

@@ -283,13 +283,13 @@ def test_one_bad_clip_does_not_fail_the_batch(tmp_path: Path) -> None:
     rec = _record()
     ann = CameraAnnotator()
     items = [
-        ClipInput(
-            rec.clip, np.zeros((3, 32, 32, 3), np.uint8), [0, 0.1, 0.2], rec, _Sink(tmp_path / "a")
-        ),
+        # one frame: no motion can be estimated (a blank clip is not a failure: it gets an
+        # unusable camera condition, see tests/test_suitability.py)
+        ClipInput(rec.clip, good.frames[:1], [0.0], rec, _Sink(tmp_path / "a")),
         ClipInput(rec.clip, good.frames, list(good.truth.timestamps_s), rec, _Sink(tmp_path / "b")),
     ]
     bad, ok = ann(items)
-    assert isinstance(bad, RuntimeError) and "textureless" in str(bad)
+    assert isinstance(bad, RuntimeError) and "at least 2 frames" in str(bad)
     assert not isinstance(ok, BaseException) and ok["conditions.camera"].labels == ["pan_right"]
 
 

@@ -126,20 +126,26 @@ def test_fault_matrix_every_clip_complete_or_failed(server: FakeOpenAI, tmp_path
 
 
 def test_second_run_is_free_and_identical(server: FakeOpenAI, tmp_path: Path) -> None:
+    """A re-run replays every valid cached answer for free and asks again only where a cached
+    answer was refused by validation (never replayed: it would fail the same way)."""
     inputs = make_inputs(tmp_path / "data", 6, identities=True)
     server.add_fault("short", component="style", match=match_clip(2))
     server.add_fault("refusal", component="dense", match=match_clip(4), times=5)
     first = annotator(server, tmp_path / "cache")(inputs)
     sent = server.stats.chat_requests
     assert sent >= 6 * 7 + 1
+    assert isinstance(first[4], BaseException)
     # a new annotator (a resumed crash, a re-run) with the same cache
     second = annotator(server, tmp_path / "cache")(inputs)
-    assert server.stats.chat_requests == sent  # nothing was sent again
-    for a, b in zip(first, second, strict=True):
-        if isinstance(a, BaseException):
-            assert type(a) is type(b)
+    # clip 2's refused first style answer once; clip 4's three refusals (two more refusals
+    # left in the fault, then a good answer), plus clip 4's parts that the first run
+    # abandoned before sending them (how many depends on timing)
+    assert 4 <= server.stats.chat_requests - sent <= 4 + 6
+    assert isinstance(second[4], dict)  # the refused clip succeeds now
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        if i in (2, 4):
             continue
-        assert isinstance(b, dict)
+        assert isinstance(a, dict) and isinstance(b, dict)
         assert a["caption"] == b["caption"] and a["short_prompt"] == b["short_prompt"]
         assert a["provenance.cost_usd"] == b["provenance.cost_usd"]  # what it cost when bought
         assert b[PROVENANCE_KEY]["cache_hits"] == b[PROVENANCE_KEY]["requests"]

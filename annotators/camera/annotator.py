@@ -29,7 +29,11 @@ from annotators.base import (
     Resources,
 )
 from annotators.camera.condition import CameraConditionType
-from annotators.camera.estimate import EstimatorSettings, estimate_with_report
+from annotators.camera.estimate import (
+    EstimatorSettings,
+    UntrackableError,
+    estimate_with_report,
+)
 from annotators.camera.formats import (
     CameraFormat,
     CameraFormatError,
@@ -38,7 +42,7 @@ from annotators.camera.formats import (
 )
 from annotators.camera.labels import label_trajectory
 from annotators.camera.masks import subject_masks
-from annotators.camera.trajectory import Trajectory
+from annotators.camera.trajectory import Trajectory, normalized_intrinsics
 from schemas import CameraCondition, ModelInfo
 
 # RealEstate10K timestamps are integer microseconds; a pose this close to a span bound is in.
@@ -110,7 +114,7 @@ def imported_for_clip(trajectory: Trajectory, fmt: CameraFormat, item: ClipInput
 
 class CameraAnnotator(Annotator):
     name: ClassVar[str] = "camera"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the measurements suitability reads
     Config: ClassVar[type[AnnotatorConfig]] = CameraConfig
     # Feature tracking wants small steps between samples: 5 per second, not 16 per clip.
     default_sampling: ClassVar[FrameSampling] = FrameSampling(
@@ -144,6 +148,7 @@ class CameraAnnotator(Annotator):
     def _one(self, item: ClipInput) -> dict[str, Any]:
         details: dict[str, str] = {"source": self.config.source}
         source: Literal["estimated", "realestate10k", "motionctrl"]
+        quality: dict[str, float] = {}
         if self.config.source == "import":
             found = find_camera_file(item.clip.source_uri, self.config.import_dir)
             if found is None:
@@ -160,7 +165,12 @@ class CameraAnnotator(Annotator):
             source = fmt
             details["file"] = uri
         else:
-            trajectory, details_est = self._estimate(item)
+            try:
+                trajectory, details_est, quality = self._estimate(item)
+            except UntrackableError as e:
+                # A property of the clip (blank, textureless, untrackable), not a fault: the
+                # record keeps an unusable camera condition that no suitability rule accepts.
+                return self._unusable(item, details, str(e))
             details.update(details_est)
             source = "estimated"
         labels, speed, description = label_trajectory(trajectory)
@@ -173,10 +183,39 @@ class CameraAnnotator(Annotator):
             description=description,
             trajectory=ref,
             speed=speed,
+            quality=quality,
         )
         return {**CameraConditionType.to_output(summary), PROVENANCE_KEY: details}
 
-    def _estimate(self, item: ClipInput) -> tuple[Trajectory, dict[str, str]]:
+    def _unusable(self, item: ClipInput, details: dict[str, str], why: str) -> dict[str, Any]:
+        """A still camera at every sampled time, flagged unusable, with zero quality."""
+        n = len(item.timestamps_s)
+        h, w = item.frames.shape[1:3]
+        w2c = np.tile(np.hstack([np.eye(3), np.zeros((3, 1))]), (max(n, 1), 1, 1))
+        ts = np.asarray(item.timestamps_s, np.float64) if n else np.array([item.clip.start_s])
+        trajectory = Trajectory(
+            normalized_intrinsics(self.config.fov_deg, w, h), w2c, ts, meta={"format": "none"}
+        )
+        text = format_realestate10k(trajectory, url=item.clip.source_uri)
+        ref = item.artifacts.put("trajectory.txt", text.encode("utf-8"), "text/plain")
+        details["estimator_error"] = why[:500]
+        summary = CameraCondition(
+            source="estimated",
+            frames=len(trajectory),
+            labels=["static"],
+            description=f"camera motion could not be measured: {why}",
+            trajectory=ref,
+            usable=False,
+            quality={
+                "mean_tracks": 0.0,
+                "inlier_ratio": 0.0,
+                "reprojection_rms_px": 0.0,
+                "lost_fraction": 1.0,
+            },
+        )
+        return {**CameraConditionType.to_output(summary), PROVENANCE_KEY: details}
+
+    def _estimate(self, item: ClipInput) -> tuple[Trajectory, dict[str, str], dict[str, float]]:
         frames = item.frames
         h, w = frames.shape[1:3]
         details: dict[str, str] = {}
@@ -194,7 +233,7 @@ class CameraAnnotator(Annotator):
         details.update({f"estimator_{k}": v for k, v in report.summary().items() if k != "masks"})
         if trajectory.scene_depth is None:
             details["translation"] = "none measured (no parallax)"
-        return trajectory, details
+        return trajectory, details, report.quality()
 
 
 __all__ = [

@@ -49,6 +49,12 @@ class EstimationError(RuntimeError):
     """Frames from which no camera path can be estimated (too short, blank, untrackable)."""
 
 
+class UntrackableError(EstimationError):
+    """Too few features to track: a blank or textureless clip, or one where tracking is lost
+    in most frames. The clip has no trustworthy camera path, which is a property of the clip
+    rather than a fault (the camera stage records it as an unusable condition)."""
+
+
 @dataclass(frozen=True)
 class EstimatorSettings:
     """Every tunable of the estimator; pixel values refer to the working resolution."""
@@ -79,6 +85,7 @@ class EstimatorSettings:
     min_zoom_step: float = 0.002  # |log focal ratio| below this is noise
     ransac_hypotheses: int = 200
     seed: int = 0
+    quality_inlier_px: float = 3.0  # final reprojection residual that counts as an inlier
 
 
 @dataclass
@@ -93,18 +100,41 @@ class EstimationReport:
     tracks: list[int] = field(default_factory=list)
     map_points: int = 0
     masks_used: bool = False
+    # Of the final cameras, over the correspondences of every located frame (see
+    # _Estimator.quality): the share within ``quality_inlier_px``, and their RMS residual.
+    inlier_ratio: float = 0.0
+    reprojection_rms_px: float = 0.0
 
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mean_tracks(self) -> float:
+        return sum(self.tracks) / max(1, len(self.tracks))
+
+    @property
+    def lost_fraction(self) -> float:
+        return self.modes.count("lost") / max(1, len(self.modes))
+
+    def quality(self) -> dict[str, float]:
+        """The figures a camera suitability rule judges an estimate by."""
+        return {
+            "mean_tracks": round(self.mean_tracks, 1),
+            "inlier_ratio": round(self.inlier_ratio, 4),
+            "reprojection_rms_px": round(self.reprojection_rms_px, 4),
+            "lost_fraction": round(self.lost_fraction, 4),
+        }
 
     def summary(self) -> dict[str, str]:
         counts = {m: self.modes.count(m) for m in dict.fromkeys(self.modes)}
         return {
             "frames": str(self.frames),
             "modes": ",".join(f"{k}={v}" for k, v in counts.items()),
-            "mean_tracks": f"{(sum(self.tracks) / max(1, len(self.tracks))):.0f}",
+            "mean_tracks": f"{self.mean_tracks:.0f}",
             "map_points": str(self.map_points),
+            "inlier_ratio": f"{self.inlier_ratio:.3f}",
+            "reprojection_rms_px": f"{self.reprojection_rms_px:.3f}",
             "masks": "used" if self.masks_used else "none",
             "seconds": f"{self.seconds:.3f}",
         }
@@ -619,7 +649,7 @@ class _Estimator:
     def run(self) -> None:
         self._detect(0, np.zeros(0, np.int64), np.zeros((0, 2)))
         if len(self.frame_ids[0]) < self.s.min_tracks:
-            raise EstimationError(
+            raise UntrackableError(
                 f"only {len(self.frame_ids[0])} trackable corners in the first frame "
                 f"(need {self.s.min_tracks}): blank or textureless video"
             )
@@ -648,7 +678,7 @@ class _Estimator:
                     since_ba = 0
         lost = self.modes.count("lost")
         if lost > self.n // 2:
-            raise EstimationError(
+            raise UntrackableError(
                 f"tracking was lost in {lost} of {self.n} frames: too little texture or too "
                 "much motion between samples (sample more frames per second)"
             )
@@ -721,6 +751,45 @@ class _Estimator:
                 k, R_rel = self.anchor[j]
                 self.R[j] = R_rel @ self.R[k]
                 self.t[j] = R_rel @ self.t[k]
+
+    def quality(self) -> tuple[float, float]:
+        """(inlier ratio, RMS px of the inliers) of the final cameras: every located frame's
+        map points projected with its camera, and every rotation-only or still frame's tracks
+        carried from its keyframe by the rotation(+zoom) between them; working pixels."""
+        thr = self.s.quality_inlier_px
+        errors: list[FloatArray] = []
+        for j in range(1, self.n):
+            mode = self.modes[j]
+            if mode == "lost":
+                continue
+            if mode in ("pnp", "bootstrap"):
+                ids = self.frame_ids[j]
+                rows = [r for r, k in enumerate(ids) if int(k) in self.points]
+                if not rows:
+                    continue
+                X = np.array([self.points[int(ids[r])] for r in rows])
+                cam = X @ self.R[j].T + self.t[j]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    proj = (cam @ self.K(j).T)[:, :2] / cam[:, 2:3]
+                err = np.linalg.norm(proj - self.frame_pts[j][rows], axis=1)
+                errors.append(np.where(cam[:, 2] > 0, err, np.inf))
+                continue
+            k = self.anchor[j][0] if j in self.anchor else j - 1
+            _, pk, pj = self._common(k, j)
+            if len(pk) == 0:
+                continue
+            H = self.K(j) @ self.R[j] @ self.R[k].T @ np.linalg.inv(self.K(k))
+            ph = np.hstack([pk, np.ones((len(pk), 1))]) @ H.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                err = np.linalg.norm(ph[:, :2] / ph[:, 2:3] - pj, axis=1)
+            errors.append(err)
+        if not errors:
+            return 0.0, 0.0
+        allerr = np.concatenate(errors)
+        inl = np.isfinite(allerr) & (allerr < thr)
+        if not inl.any():
+            return 0.0, 0.0
+        return float(inl.mean()), float(np.sqrt(np.mean(allerr[inl] ** 2)))
 
     def scene_depth(self) -> float | None:
         if not self.points:
@@ -809,6 +878,7 @@ def estimate_with_report(
         map_points=len(est.points),
         masks_used=masks is not None,
     )
+    report.inlier_ratio, report.reprojection_rms_px = est.quality()
     return traj, report
 
 
@@ -837,6 +907,7 @@ __all__ = [
     "EstimationError",
     "EstimationReport",
     "EstimatorSettings",
+    "UntrackableError",
     "estimate_camera_trajectory",
     "estimate_with_report",
 ]

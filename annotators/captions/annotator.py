@@ -14,19 +14,61 @@ from annotators.base import (
     Resources,
 )
 from annotators.captions.cache import ResponseCache
-from annotators.captions.config import SHORT_PROMPT, CaptionsConfig
+from annotators.captions.config import PARTS, SHORT_PROMPT, CaptionsConfig, WriterConfig
+from annotators.captions.crosscheck import cross_check
 from annotators.captions.errors import InvalidCaption
 from annotators.captions.facts import ClipContext, build_context
 from annotators.captions.grounded import GROUNDED_VERSION, compose, grounded_problems
 from annotators.captions.templates import TemplateSet, load_templates, rules_hash
 from annotators.captions.writer import ClipResult, OpenAIWriter
 from annotators.conditions import condition_types
-from schemas import CAPTION_COMPONENTS, ModelInfo, StructuredCaption
+from schemas import CAPTION_COMPONENTS, CaptionFlag, ModelInfo, StructuredCaption
 
 GROUNDED_MODEL_ID = "any2capins/grounded-writer"
 
 
-class CaptionsAnnotator(Annotator):
+def make_writer(cfg: WriterConfig) -> tuple[TemplateSet, OpenAIWriter | None]:
+    """The templates, and the model writer when ``cfg`` names an endpoint (else None: the
+    grounded writer needs no client)."""
+    templates = load_templates(cfg.templates)
+    if cfg.writer != "openai":
+        return templates, None
+    # the openai SDK takes ~0.5 s to import: only model writers pay for it
+    from annotators.captions.client import CaptionClient, resolve_api_key
+
+    resolve_api_key(cfg)  # a missing endpoint is an error before anything is created
+    cache = ResponseCache(cfg.resolved_cache_dir())
+    return templates, OpenAIWriter(cfg, templates, CaptionClient(cfg, cache))
+
+
+def writer_models(cfg: WriterConfig) -> list[ModelInfo]:
+    if cfg.writer == "grounded":
+        return [
+            ModelInfo(model_id=GROUNDED_MODEL_ID, version=GROUNDED_VERSION, license="Apache-2.0")
+        ]
+    return [ModelInfo(model_id=cfg.model or "")]
+
+
+class WriterStage(Annotator):
+    """A stage whose text comes from the model writer (an endpoint) or the grounded one:
+    ``captions`` and ``instances`` share how the writer is built, closed and recorded."""
+
+    config: WriterConfig
+    templates: TemplateSet
+    writer: OpenAIWriter | None
+
+    def setup(self) -> None:
+        self.templates, self.writer = make_writer(self.config)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def models(self) -> list[ModelInfo]:
+        return writer_models(self.config)
+
+
+class CaptionsAnnotator(WriterStage):
     name: ClassVar[str] = "captions"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[AnnotatorConfig]] = CaptionsConfig
@@ -38,39 +80,13 @@ class CaptionsAnnotator(Annotator):
     writes: ClassVar[tuple[str, ...]] = (
         "caption",
         "short_prompt",
+        "checks",
         "provenance.tokens_in",
         "provenance.tokens_out",
         "provenance.cost_usd",
     )
 
     config: CaptionsConfig
-    templates: TemplateSet
-    writer: OpenAIWriter | None
-
-    def setup(self) -> None:
-        cfg = self.config
-        self.templates = load_templates(cfg.templates)
-        self.writer = None
-        if cfg.writer == "openai":
-            # the openai SDK takes ~0.5 s to import: only model writers pay for it
-            from annotators.captions.client import CaptionClient, resolve_api_key
-
-            resolve_api_key(cfg)  # a missing endpoint is an error before anything is created
-            cache = ResponseCache(cfg.resolved_cache_dir())
-            self.writer = OpenAIWriter(cfg, self.templates, CaptionClient(cfg, cache))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-    def models(self) -> list[ModelInfo]:
-        if self.config.writer == "grounded":
-            return [
-                ModelInfo(
-                    model_id=GROUNDED_MODEL_ID, version=GROUNDED_VERSION, license="Apache-2.0"
-                )
-            ]
-        return [ModelInfo(model_id=self.config.model or "")]
 
     def prompt_hashes(self) -> dict[str, str]:
         return {} if self.config.writer == "grounded" else self.templates.hashes()
@@ -92,19 +108,40 @@ class CaptionsAnnotator(Annotator):
         if self.writer is None:
             return [c if isinstance(c, BaseException) else self._grounded(c) for c in contexts]
         ready = [c for c in contexts if isinstance(c, ClipContext)]
-        results = iter(self.writer.write(ready))
+        parts = PARTS if self.config.short_prompt else CAPTION_COMPONENTS
+        results = iter(self.writer.write(ready, parts))
         return [
             c if isinstance(c, BaseException) else self._output(c, next(results)) for c in contexts
         ]
 
+    def _checks(self, ctx: ClipContext, components: dict[str, str]) -> list[CaptionFlag]:
+        """The caption-condition cross-checks; InvalidCaption when the recipe makes a flag
+        a failure (``cross_checks: fail``)."""
+        cfg = self.config
+        if cfg.cross_checks == "off":
+            return []
+        flags = cross_check(components, ctx.record, cfg.cross_check)
+        if flags and cfg.cross_checks == "fail":
+            raise InvalidCaption(
+                "the caption contradicts the conditions: "
+                + "; ".join(f"{f.component} ({f.check}): '{f.words}' vs {f.fact}" for f in flags)
+            )
+        return flags
+
     def _grounded(self, ctx: ClipContext) -> dict[str, Any] | BaseException:
-        components, prompt = compose(ctx)
+        components, clip_prompt = compose(ctx)
+        prompt = clip_prompt if self.config.short_prompt else None
         problems = grounded_problems(ctx, components, prompt, self.config.grounded_bounds)
         if problems:
             return InvalidCaption("grounded writer: " + "; ".join(problems))
+        try:
+            flags = self._checks(ctx, components)
+        except InvalidCaption as e:
+            return e
         return {
             "caption": StructuredCaption(**components),
             "short_prompt": prompt,
+            "checks": flags,
             "provenance.tokens_in": 0,
             "provenance.tokens_out": 0,
             "provenance.cost_usd": 0.0,
@@ -130,9 +167,15 @@ class CaptionsAnnotator(Annotator):
         cfg = self.config
         assert self.writer is not None
         client = self.writer.client
+        components = {c: result.texts[c] for c in CAPTION_COMPONENTS}
+        try:
+            flags = self._checks(ctx, components)
+        except InvalidCaption as e:
+            return e
         return {
-            "caption": StructuredCaption(**{c: result.texts[c] for c in CAPTION_COMPONENTS}),
-            "short_prompt": result.texts[SHORT_PROMPT],
+            "caption": StructuredCaption(**components),
+            "short_prompt": result.texts.get(SHORT_PROMPT),
+            "checks": flags,
             "provenance.tokens_in": usage.tokens_in,
             "provenance.tokens_out": usage.tokens_out,
             "provenance.cost_usd": round(cost, 8),

@@ -27,7 +27,7 @@ from annotators.captions.client import (
     resolve_api_key,
     usage_of,
 )
-from annotators.captions.config import CaptionsConfig
+from annotators.captions.config import WriterConfig
 
 BATCH_ENDPOINT: Final = "/v1/chat/completions"
 METADATA_KEY = "any2capins_submission"
@@ -53,7 +53,7 @@ def _file_name(submission: str) -> str:
 class BatchRunner:
     def __init__(
         self,
-        config: CaptionsConfig,
+        config: WriterConfig,
         cache: ResponseCache,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:

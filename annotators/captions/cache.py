@@ -7,6 +7,11 @@ one row per paid request (run id, clip, tokens, USD) and is what per-run cost to
 the budget cap read. ``pending`` and ``submissions`` hold Batch API mode's queue and its
 submissions, so submit/poll/collect can resume after a kill.
 
+An answer the writer found wanting (refused, invalid, cut off) is marked ``invalid`` with
+the reason: it stays in the file and in the ledger (it was paid for), but :meth:`get` never
+returns it again, so the next run asks anew instead of replaying the same bad answer.
+When the new answer replaces it, the rejected one moves to the ``rejected`` table.
+
 Several processes (the actors of a Ray pool on one node) may share the file: WAL journal,
 a generous busy timeout, one connection per thread, and short write transactions. Put the
 cache on a local disk (SQLite locking is unreliable on NFS and absent on object stores).
@@ -30,7 +35,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, response TEXT NOT NULL,
     tokens_in INTEGER NOT NULL, tokens_cached INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
-    cost_usd REAL NOT NULL, source TEXT NOT NULL, created REAL NOT NULL);
+    cost_usd REAL NOT NULL, source TEXT NOT NULL, created REAL NOT NULL,
+    invalid INTEGER NOT NULL DEFAULT 0, invalid_reason TEXT);
+CREATE TABLE IF NOT EXISTS rejected (
+    key TEXT NOT NULL, model TEXT NOT NULL, response TEXT NOT NULL, cost_usd REAL NOT NULL,
+    source TEXT NOT NULL, created REAL NOT NULL, reason TEXT, replaced REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rejected_key ON rejected (key);
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, clip_id TEXT NOT NULL,
     key TEXT NOT NULL, model TEXT NOT NULL, tokens_in INTEGER NOT NULL,
@@ -88,6 +98,10 @@ class ResponseCache:
         conn = self._conn()
         with self._setup_lock():
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+            if "invalid" not in columns:  # a cache file written before answers were judged
+                conn.execute("ALTER TABLE responses ADD COLUMN invalid INTEGER NOT NULL DEFAULT 0")
+                conn.execute("ALTER TABLE responses ADD COLUMN invalid_reason TEXT")
 
     @contextmanager
     def _setup_lock(self) -> Iterator[None]:
@@ -137,11 +151,12 @@ class ResponseCache:
 
     # responses
     def get(self, key: str) -> CachedResponse | None:
+        """The stored answer to a request, unless it was marked invalid."""
         row = (
             self._conn()
             .execute(
                 "SELECT response, tokens_in, tokens_cached, tokens_out, cost_usd, source "
-                "FROM responses WHERE key = ?",
+                "FROM responses WHERE key = ? AND invalid = 0",
                 (key,),
             )
             .fetchone()
@@ -161,11 +176,19 @@ class ResponseCache:
         run_id: str,
         clip_id: str,
     ) -> None:
-        """Store a paid response and its ledger row in one transaction."""
+        """Store a paid response and its ledger row in one transaction (replacing an answer
+        to the same request that was marked invalid)."""
         now = time.time()
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rejected SELECT key, model, response, cost_usd, source, created, "
+                "invalid_reason, ? FROM responses WHERE key = ? AND invalid = 1",
+                (now, key),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO responses (key, model, response, tokens_in, "
+                "tokens_cached, tokens_out, cost_usd, source, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
                     model,
@@ -195,6 +218,24 @@ class ResponseCache:
                 ),
             )
             conn.execute("DELETE FROM pending WHERE key = ?", (key,))
+
+    def mark_invalid(self, key: str, reason: str) -> None:
+        """Never replay this answer: it failed validation (kept, with the reason, for the
+        record; its ledger row stays)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE responses SET invalid = 1, invalid_reason = ? WHERE key = ?",
+                (reason[:500], key),
+            )
+
+    def invalid_reason(self, key: str) -> str | None:
+        """Why the answer to ``key`` was marked invalid; None when it was not (or is absent)."""
+        row = (
+            self._conn()
+            .execute("SELECT invalid, invalid_reason FROM responses WHERE key = ?", (key,))
+            .fetchone()
+        )
+        return None if row is None or not row[0] else str(row[1] or "")
 
     # the ledger
     def spend(self, run_id: str | None = None) -> Spend:

@@ -23,7 +23,7 @@ import openai
 
 from annotators.base import MissingDependency
 from annotators.captions.cache import CachedResponse, ResponseCache, Usage, request_key
-from annotators.captions.config import CaptionsConfig
+from annotators.captions.config import WriterConfig
 from annotators.captions.errors import AwaitingBatch, CaptionAPIError
 from annotators.captions.limits import Budget, RateLimiter, backoff_delay, retry_after_seconds
 
@@ -88,10 +88,18 @@ class Answer:
     paid_usd: float  # what this call paid: 0 for a cache hit
     from_cache: bool
     json_mode: str
+    # The request's key in the response cache (see CaptionClient.reject).
+    cache_key: str = ""
 
 
 def _answer(
-    data: dict[str, Any], usage: Usage, cost: float, paid: float, hit: bool, mode: str
+    data: dict[str, Any],
+    usage: Usage,
+    cost: float,
+    paid: float,
+    hit: bool,
+    mode: str,
+    cache_key: str = "",
 ) -> Answer:
     choice = data["choices"][0]
     message = choice.get("message") or {}
@@ -106,6 +114,7 @@ def _answer(
         paid_usd=paid,
         from_cache=hit,
         json_mode=mode,
+        cache_key=cache_key,
     )
 
 
@@ -135,7 +144,7 @@ def check_shape(data: Any) -> dict[str, Any]:
     return data
 
 
-def resolve_api_key(config: CaptionsConfig) -> str:
+def resolve_api_key(config: WriterConfig) -> str:
     """The key from ``$api_key_env``; servers on a ``base_url`` may need none."""
     api_key = os.environ.get(config.api_key_env)
     if api_key:
@@ -161,7 +170,7 @@ class ClientStats:
 class CaptionClient:
     def __init__(
         self,
-        config: CaptionsConfig,
+        config: WriterConfig,
         cache: ResponseCache,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -252,7 +261,13 @@ class CaptionClient:
                 raise CaptionAPIError(f"the endpoint refused the request (400): {e.message}") from e
 
     def _from_cache(self, hit: CachedResponse, mode: str) -> Answer:
-        return _answer(hit.response, hit.usage, hit.cost_usd, 0.0, True, mode)
+        return _answer(hit.response, hit.usage, hit.cost_usd, 0.0, True, mode, hit.key)
+
+    def reject(self, answer: Answer, reason: str) -> None:
+        """The caller found ``answer`` wanting: keep it in the cache (and its cost in the
+        ledger) but never replay it, so the next run asks again."""
+        if answer.cache_key:
+            self.cache.mark_invalid(answer.cache_key, reason)
 
     def _send(
         self, body: dict[str, Any], cache_key: str, clip_id: str, run_id: str, mode: str
@@ -314,4 +329,4 @@ class CaptionClient:
             if estimated:
                 with self._lock:
                     self.stats.usage_estimated += 1
-            return _answer(data, usage, cost, cost, False, mode)
+            return _answer(data, usage, cost, cost, False, mode, cache_key)

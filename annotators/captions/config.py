@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from annotators.base import AnnotatorConfig
+from annotators.captions.crosscheck import CrossCheckSettings
 from schemas import CAPTION_COMPONENTS
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -195,7 +196,10 @@ class ImageOptions(_Strict):
     )
 
 
-class CaptionsConfig(AnnotatorConfig):
+class WriterConfig(AnnotatorConfig):
+    """How text is written: the endpoint and its limits, cache, prices, templates, images
+    and word bounds. Shared by the ``captions`` and ``instances`` stages."""
+
     writer: Literal["auto", "grounded", "openai"] = Field(
         default="auto",
         description="auto: openai when an endpoint is configured (params.base_url, "
@@ -247,7 +251,7 @@ class CaptionsConfig(AnnotatorConfig):
         return _merge_bounds(GROUNDED_BOUNDS, value)
 
     @model_validator(mode="after")
-    def _resolve(self) -> CaptionsConfig:
+    def _resolve(self) -> WriterConfig:
         env_url = os.environ.get("OPENAI_BASE_URL") or None
         if self.writer == "auto":
             configured = self.base_url or env_url or os.environ.get(self.api_key_env)
@@ -268,3 +272,18 @@ class CaptionsConfig(AnnotatorConfig):
             return os.path.expanduser(env)
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         return os.path.join(xdg, "any2capins", "captions")
+
+
+class CaptionsConfig(WriterConfig):
+    """The ``captions`` stage: the six components, and the clip's own short prompt unless the
+    recipe plans instances (whose stage writes one short prompt per instance instead)."""
+
+    short_prompt: bool = Field(
+        default=True,
+        description="write one short prompt for the clip (off when an instances stage follows)",
+    )
+    cross_checks: Literal["flag", "fail", "off"] = Field(
+        default="flag",
+        description="caption-condition cross-checks: flags for the reviewer, or failures",
+    )
+    cross_check: CrossCheckSettings = Field(default_factory=CrossCheckSettings)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from annotators.captions.config import ImageOptions
 from annotators.captions.errors import CaptionInputError
 from annotators.conditions import ConditionType
-from schemas import ClipStats, PayloadRef, Record
+from schemas import ClipStats, Conditions, PayloadRef, Record
 
 # A small colour-name table (sRGB); names are matched by distance in CIE Lab.
 COLOUR_NAMES: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -166,10 +166,15 @@ class ConditionView:
 
 @dataclass
 class ClipContext:
+    """What the writer knows of one clip. ``conditions`` give the facts (every condition the
+    clip has); ``given`` are the conditions the short prompt is written for, whose rules it
+    must obey: all of them for a clip's own prompt, one instance's set otherwise."""
+
     record: Record
     clip_facts: list[str]
     conditions: list[ConditionView]
     images: list[ImagePart] = field(default_factory=list)
+    given: list[ConditionView] | None = None
 
     @property
     def clip_id(self) -> str:
@@ -185,14 +190,42 @@ class ClipContext:
             lines.extend(f"- {cond.name}: {f}" for f in cond.facts)
         return "\n".join(lines)
 
+    @property
+    def given_conditions(self) -> list[ConditionView]:
+        return self.conditions if self.given is None else self.given
+
     def rules(self) -> dict[str, list[str]]:
-        return {c.name: c.rules for c in self.conditions if c.rules}
+        return {c.name: c.rules for c in self.given_conditions if c.rules}
 
     def violations(self, prompt: str) -> list[str]:
         out: list[str] = []
-        for cond in self.conditions:
+        for cond in self.given_conditions:
             out.extend(f"{cond.name}: {v}" for v in cond.check(prompt))
         return out
+
+    def for_conditions(self, names: list[str], types: dict[str, ConditionType[Any]]) -> ClipContext:
+        """The same clip (facts and images unchanged, so requests share their prefix) with a
+        short prompt written for ``names`` only.
+
+        Rules are taken from a copy of the record that holds just those conditions, so a
+        rule that depends on what else is given (depth asks for the camera to be described
+        when no camera is given) follows the instance, not the clip.
+        """
+        return replace(self, given=condition_views(restrict_conditions(self.record, names), types))
+
+
+def restrict_conditions(record: Record, names: list[str]) -> Record:
+    """A copy of ``record`` whose conditions are only ``names``."""
+    conditions = record.conditions
+    kept = Conditions(
+        **{
+            name: getattr(conditions, name)
+            for name in type(conditions).model_fields
+            if name != "extra" and name in names
+        },
+        extra={k: v for k, v in conditions.extra.items() if k in names},
+    )
+    return record.model_copy(update={"conditions": kept})
 
 
 def condition_views(record: Record, types: dict[str, ConditionType[Any]]) -> list[ConditionView]:

@@ -19,7 +19,7 @@ from annotators.captions.facts import (
     orientation,
     palette_phrase,
 )
-from annotators.captions.validate import part_problems
+from annotators.captions.validate import part_problems, word_count
 from schemas import CAPTION_COMPONENTS
 
 GROUNDED_VERSION = "1"
@@ -48,9 +48,15 @@ def _pick(options: list[str], clip_id: str) -> str:
 
 
 def _condition_facts(ctx: ClipContext, component: str | None) -> list[str]:
+    """The facts for one component; for the dense caption (``None``), a condition that has
+    components of its own gives its headline only (they carry the rest, and a clip with all
+    four conditions would pass the dense caption's word limit), any other condition all."""
     out: list[str] = []
     for cond in ctx.conditions:
-        if component is None or component in CONDITION_COMPONENTS.get(cond.name, ()):
+        own = CONDITION_COMPONENTS.get(cond.name, ())
+        if component is None:
+            out.extend(_sentence(f) for f in (cond.facts[:1] if own else cond.facts))
+        elif component in own:
             out.extend(_sentence(f) for f in cond.facts)
     return out
 
@@ -139,9 +145,30 @@ def short_prompt(ctx: ClipContext) -> str:
     return " ".join(kept)
 
 
+def instance_prompt(ctx: ClipContext, bounds: Bounds) -> str:
+    """The grounded short prompt of one instance (``ctx.given``): the clip-level sentences,
+    then the first measured fact of each condition the instance does *not* give, since the
+    prompt must say what its conditions do not show. A sentence that breaks a given
+    condition's rule, or would pass the word limit, is left out."""
+    given = {c.name for c in ctx.given_conditions}
+    sentences = [short_prompt(ctx)]
+    limit = bounds.short_prompt.max
+    for cond in ctx.conditions:
+        if cond.name in given or not cond.facts:
+            continue
+        candidate = _sentence(cond.facts[0])
+        text = " ".join([*sentences, candidate])
+        if not ctx.violations(candidate) and word_count(text) <= limit:
+            sentences.append(candidate)
+    return " ".join(s for s in sentences if s)
+
+
 def grounded_problems(
-    ctx: ClipContext, components: dict[str, str], prompt: str, bounds: Bounds
+    ctx: ClipContext, components: dict[str, str], prompt: str | None, bounds: Bounds
 ) -> list[str]:
+    """What the structural checks find in the grounded text; ``prompt`` None: the clip gets
+    no prompt of its own (its instances do)."""
     problems = [p for c in CAPTION_COMPONENTS for p in part_problems(c, components[c], bounds)]
-    problems.extend(part_problems(SHORT_PROMPT, prompt, bounds, ctx.violations))
+    if prompt is not None:
+        problems.extend(part_problems(SHORT_PROMPT, prompt, bounds, ctx.violations))
     return problems

@@ -96,8 +96,11 @@ def caption_integrity(
     short_prompt: str | None,
     bounds: Bounds,
     violations: Callable[[str], list[str]] | None = None,
+    *,
+    require_short_prompt: bool = True,
 ) -> Integrity:
-    """All six components present and valid, their total within bounds, a valid prompt."""
+    """All six components present and valid, their total within bounds, a valid prompt
+    (unless ``require_short_prompt`` is off: instances carry the prompts then)."""
     problems: dict[str, list[str]] = {}
     caption = caption or {}
     total = 0
@@ -114,7 +117,8 @@ def caption_integrity(
         elif total > bounds.total.max:
             problems["total"] = [f"the caption has {total} words, more than {bounds.total.max}"]
     if not short_prompt:
-        problems[SHORT_PROMPT] = ["the short prompt is missing"]
+        if require_short_prompt:
+            problems[SHORT_PROMPT] = ["the short prompt is missing"]
     else:
         problems[SHORT_PROMPT] = part_problems(SHORT_PROMPT, short_prompt, bounds, violations)
     return Integrity({k: v for k, v in problems.items() if v})

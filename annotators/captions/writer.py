@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from annotators.captions.cache import Usage
-from annotators.captions.config import PARTS, SHORT_PROMPT, CaptionsConfig
+from annotators.captions.config import PARTS, SHORT_PROMPT, WriterConfig
 from annotators.captions.errors import (
     AwaitingBatch,
     BudgetExceeded,
@@ -41,6 +41,11 @@ _PRIORITY: tuple[type[CaptionError], ...] = (
 
 class _Abandoned(Exception):
     """Another part of the clip failed: this part sends nothing more."""
+
+
+def _most_actionable(errors: list[BaseException]) -> BaseException:
+    rank = {cls: i for i, cls in enumerate(_PRIORITY)}
+    return min(errors, key=lambda e: next((rank[c] for c in rank if isinstance(e, c)), len(rank)))
 
 
 @dataclass
@@ -86,7 +91,7 @@ def shared_messages(ctx: ClipContext, templates: TemplateSet, detail: str) -> li
     ]
 
 
-def instruction(ctx: ClipContext, part: str, templates: TemplateSet, config: CaptionsConfig) -> str:
+def instruction(ctx: ClipContext, part: str, templates: TemplateSet, config: WriterConfig) -> str:
     rng = config.bounds.component(part)
     values: dict[str, object] = {
         "key": part,
@@ -113,7 +118,7 @@ def part_messages(
     ctx: ClipContext,
     part: str,
     templates: TemplateSet,
-    config: CaptionsConfig,
+    config: WriterConfig,
     shared_prefix: bool = True,
 ) -> list[dict[str, Any]]:
     """The request for one part. ``shared_prefix=False`` puts the instruction first, which
@@ -127,9 +132,7 @@ def part_messages(
 
 
 class OpenAIWriter:
-    def __init__(
-        self, config: CaptionsConfig, templates: TemplateSet, client: CaptionClient
-    ) -> None:
+    def __init__(self, config: WriterConfig, templates: TemplateSet, client: CaptionClient) -> None:
         self.config = config
         self.templates = templates
         self.client = client
@@ -173,6 +176,8 @@ class OpenAIWriter:
                 if not problems and text is not None:
                     result.text = text
                     return result
+                # Never replay it: a re-run asks again instead of failing the same way.
+                self.client.reject(answer, "; ".join(problems) or "no text")
                 if attempt == self.config.repair_attempts:
                     break
                 problems_text = "; ".join(problems)
@@ -202,18 +207,47 @@ class OpenAIWriter:
                 abandoned.set()
         return result
 
-    def write(self, contexts: list[ClipContext]) -> list[ClipResult]:
+    def write(
+        self, contexts: list[ClipContext], parts: tuple[str, ...] = PARTS
+    ) -> list[ClipResult]:
         """All parts of all clips through the pool; one result per clip, in order."""
         futures: list[list[Future[PartResult]]] = []
         for ctx in contexts:
             abandoned = threading.Event()
             futures.append(
-                [self.pool.submit(self.run_part, ctx, part, abandoned) for part in PARTS]
+                [self.pool.submit(self.run_part, ctx, part, abandoned) for part in parts]
             )
         return [
             self._collect(ctx, [f.result() for f in fs])
             for ctx, fs in zip(contexts, futures, strict=True)
         ]
+
+    def write_prompts(self, clips: list[list[ClipContext]]) -> list[ClipResult]:
+        """One short prompt per context (a clip's instances), every clip's in flight at once;
+        one result per clip with its texts keyed by position ("0", "1", ...). A prompt that
+        fails fails its clip's other prompts, not other clips'."""
+        futures: list[list[Future[PartResult]]] = []
+        for contexts in clips:
+            abandoned = threading.Event()
+            futures.append(
+                [self.pool.submit(self.run_part, c, SHORT_PROMPT, abandoned) for c in contexts]
+            )
+        out = []
+        for fs in futures:
+            results = [f.result() for f in fs]
+            answers = [a for r in results for a in r.answers]
+            repairs = sum(max(0, len(r.answers) - 1) for r in results)
+            errors = [
+                r.error
+                for r in results
+                if r.error is not None and not isinstance(r.error, _Abandoned)
+            ]
+            if errors:
+                out.append(ClipResult({}, _most_actionable(errors), answers, repairs))
+            else:
+                texts = {str(i): r.text or "" for i, r in enumerate(results)}
+                out.append(ClipResult(texts, None, answers, repairs))
+        return out
 
     def _collect(self, ctx: ClipContext, parts: list[PartResult]) -> ClipResult:
         answers = [a for p in parts for a in p.answers]
@@ -222,16 +256,17 @@ class OpenAIWriter:
             p.error for p in parts if p.error is not None and not isinstance(p.error, _Abandoned)
         ]
         if errors:
-            rank = {cls: i for i, cls in enumerate(_PRIORITY)}
-            errors.sort(key=lambda e: next((rank[c] for c in rank if isinstance(e, c)), len(rank)))
-            return ClipResult({}, errors[0], answers, repairs)
+            return ClipResult({}, _most_actionable(errors), answers, repairs)
         texts = {p.part: p.text or "" for p in parts}
         verdict = caption_integrity(
             {c: texts[c] for c in CAPTION_COMPONENTS},
-            texts[SHORT_PROMPT],
+            texts.get(SHORT_PROMPT),
             self.config.bounds,
             ctx.violations,
+            require_short_prompt=SHORT_PROMPT in texts,
         )
         if not verdict.ok:
+            for answer in answers:  # the parts disagree: ask for all of them again next run
+                self.client.reject(answer, verdict.summary())
             return ClipResult({}, InvalidCaption(verdict.summary()), answers, repairs)
         return ClipResult(texts, None, answers, repairs)

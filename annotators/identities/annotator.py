@@ -60,13 +60,10 @@ from annotators.identities.selection import (
     stitch,
     tracks_from_masks,
 )
+from annotators.model_catalog import ENV_GROUNDING_MODEL, ENV_SAM2_MODEL, ENV_YOLOX_MODEL
 from schemas import IdentitiesCondition, Identity, ModelInfo
 
 log = logging.getLogger(__name__)
-
-ENV_YOLOX_MODEL = "ANY2CAP_YOLOX_MODEL"
-ENV_SAM2_MODEL = "ANY2CAP_SAM2_MODEL"
-ENV_GROUNDING_MODEL = "ANY2CAP_GROUNDING_MODEL"
 
 
 class IdentitiesConfig(AnnotatorConfig):
@@ -229,6 +226,8 @@ def write_identities(
             "application/json",
         )
         cx, cy = track.center()
+        areas = track.areas[track.present]
+        area_cv = float(areas.std() / areas.mean()) if areas.size else 0.0
         identities.append(
             Identity(
                 identity_id=k,
@@ -239,6 +238,7 @@ def write_identities(
                 boxes=boxes_ref,
                 crop_source=track.source,
                 center=[round(cx, 4), round(cy, 4)],
+                area_cv=round(area_cv, 4),
             )
         )
     height = min(config.reference_height, max(c.shape[0] for c in crops))
@@ -265,7 +265,7 @@ def write_identities(
 
 class IdentitiesAnnotator(Annotator):
     name: ClassVar[str] = "identities"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the measurements suitability reads
     Config: ClassVar[type[AnnotatorConfig]] = IdentitiesConfig
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime", "torch", "transformers")
     default_sampling: ClassVar[FrameSampling] = FrameSampling(num_frames=16, max_side=640)

@@ -6,6 +6,7 @@ short-prompt rules that follow from the writer being shown the subjects' referen
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from annotators.conditions import ConditionType, PayloadReader
 from annotators.identities.selection import decode_png, parse_boxes_json, unpack_masks
-from schemas import IdentitiesCondition, Identity, Record
+from schemas import IdentitiesCondition, Identity, Record, Suitability
 
 SMALL, LARGE = 0.05, 0.20  # shares of the frame between "small", "medium" and "large"
 
@@ -88,6 +89,61 @@ class IdentitiesConditionType(ConditionType[IdentitiesCondition]):
         "1-3 main subjects: RGBA reference crops, a stitched reference image, per-frame "
         "boxes and low-resolution masks"
     )
+
+    # 1-3 distinct subjects, each seen in at least half of the sampled frames, with a mask
+    # whose area stays steady where it is present (a flickering or drifting mask makes a
+    # poor reference): coefficient of variation of the area at most 0.5.
+    default_thresholds: ClassVar[dict[str, float]] = {
+        "min_identities": 1.0,
+        "max_identities": 3.0,
+        "min_presence_fraction": 0.5,
+        "max_area_cv": 0.5,
+    }
+
+    def suitability(
+        self, summary: BaseModel, record: Record, thresholds: Mapping[str, float]
+    ) -> Suitability:
+        s = self.summary_of(summary)
+        lo, hi = float(thresholds["min_identities"]), float(thresholds["max_identities"])
+        min_presence = float(thresholds["min_presence_fraction"])
+        max_cv = float(thresholds["max_area_cv"])
+        idents = s.identities
+        frames = s.frames or max((i.frames_present for i in idents), default=0)
+        presence = min((i.frames_present / frames for i in idents), default=0.0) if frames else 0.0
+        cv = max((i.area_cv for i in idents), default=0.0)
+        n = len(idents)
+        checks = [
+            (lo <= n <= hi, f"{n} subject{'' if n == 1 else 's'} (needs {lo:.0f}-{hi:.0f})"),
+            (
+                presence >= min_presence,
+                f"the least-seen subject is present in {presence:.0%} of {frames} sampled "
+                f"frames (needs >= {min_presence:.0%})",
+            ),
+            (
+                cv <= max_cv,
+                f"the least stable mask's area varies by {cv:.2f} (coefficient of variation; "
+                f"needs <= {max_cv:.2f})",
+            ),
+        ]
+        failed = [text for ok, text in checks if not ok]
+        reason = "; ".join(failed if failed else [text for _, text in checks])
+        return Suitability(
+            suitable=not failed,
+            reason=("the subjects do not make a good identities instance: " if failed else "")
+            + reason,
+            measured={
+                "identities": float(n),
+                "min_presence_fraction": round(presence, 4),
+                "max_area_cv": round(cv, 4),
+                "frames": float(frames),
+            },
+            thresholds={
+                "min_identities": lo,
+                "max_identities": hi,
+                "min_presence_fraction": min_presence,
+                "max_area_cv": max_cv,
+            },
+        )
 
     def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
         """``stitched_reference`` [H, W, 3]; per identity ``crop_<id>`` [h, w, 4] RGBA and

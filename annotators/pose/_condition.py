@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
@@ -25,10 +26,14 @@ from annotators.base import (
     Resources,
 )
 from annotators.conditions import ConditionType, PayloadReader
+from annotators.model_catalog import DEFAULT_POSE_MODEL as DEFAULT_POSE_MODEL
+from annotators.model_catalog import ENV_DWPOSE_DET, ENV_DWPOSE_POSE
 from annotators.pose._draw import draw_pose
 from annotators.pose._facts import activity_facts, measure_activity
 from annotators.pose._keypoints import (
+    BODY,
     NUM_OPENPOSE,
+    SCORE_THRESHOLD,
     normalize_and_mask,
     select_tracks,
     track_boxes,
@@ -36,11 +41,10 @@ from annotators.pose._keypoints import (
 )
 from annotators.pose._runner import detect_people, estimate_poses
 from annotators.yolox import DEFAULT_DETECTOR
-from schemas import ModelInfo, PoseCondition, Record
+from schemas import ModelInfo, PoseCondition, Record, Suitability
 
-DEFAULT_POSE_MODEL = "yzd-v/DWPose:dw-ll_ucoco_384.onnx"
-ENV_DETECTOR = "ANY2CAP_DWPOSE_DET"
-ENV_POSE_MODEL = "ANY2CAP_DWPOSE_POSE"
+ENV_DETECTOR = ENV_DWPOSE_DET
+ENV_POSE_MODEL = ENV_DWPOSE_POSE
 # Both files come from the DWPose release (Apache-2.0); YOLOX itself is Apache-2.0 too.
 KNOWN_LICENSES = {"yolox_l.onnx": "Apache-2.0", "dw-ll_ucoco_384.onnx": "Apache-2.0"}
 
@@ -92,12 +96,14 @@ def _model_files(cfg: PoseConfig) -> tuple[Path, Path]:
             "DWPose detector",
             f"the stage's `detector` param (or {ENV_DETECTOR})",
             released=DEFAULT_DETECTOR,
+            stage="pose",
         ),
         model_file(
             cfg.pose_model,
             "DWPose pose model",
             f"the stage's `pose_model` param (or {ENV_POSE_MODEL})",
             released=DEFAULT_POSE_MODEL,
+            stage="pose",
         ),
     )
 
@@ -129,6 +135,43 @@ class PoseConditionType(ConditionType[PoseCondition]):
         "DWPose whole-body keypoints (OpenPose order, 134 per person) per sampled frame, "
         "persons tracked, plus the rendered pose video"
     )
+
+    # A pose instance needs someone whose body the keypoints actually describe: a person
+    # with at least 8 of the 18 body points confident, in at least half the sampled frames.
+    default_thresholds: ClassVar[dict[str, float]] = {
+        "min_body_keypoints": 8.0,
+        "min_person_frames_fraction": 0.5,
+    }
+
+    def suitability(
+        self, summary: BaseModel, record: Record, thresholds: Mapping[str, float]
+    ) -> Suitability:
+        s = self.summary_of(summary)
+        min_points = float(thresholds["min_body_keypoints"])
+        min_fraction = float(thresholds["min_person_frames_fraction"])
+        frames = len(s.body_keypoints) or s.frames
+        with_person = sum(n >= min_points for n in s.body_keypoints)
+        fraction = with_person / frames if frames else 0.0
+        ok = fraction >= min_fraction
+        who = f"person with confident whole-body keypoints (>= {min_points:.0f} of 18 body points)"
+        if with_person == 0:
+            where = f"no {who} in any of the {frames} sampled frames"
+        else:
+            where = f"a {who} in {'' if ok else 'only '}{with_person} of {frames} sampled frames"
+        return Suitability(
+            suitable=ok,
+            reason=f"{where} ({fraction:.0%}; needs >= {min_fraction:.0%})",
+            measured={
+                "person_frames_fraction": round(fraction, 4),
+                "frames_with_person": float(with_person),
+                "frames": float(frames),
+                "people_max": float(s.people_max),
+            },
+            thresholds={
+                "min_body_keypoints": min_points,
+                "min_person_frames_fraction": min_fraction,
+            },
+        )
 
     def decode_payload(self, summary: BaseModel, read: PayloadReader) -> dict[str, np.ndarray]:
         """``keypoints`` [F, P, 134, 2] float32 in 0..1 (x / W, y / H; -1 = masked),
@@ -168,11 +211,20 @@ class PoseConditionType(ConditionType[PoseCondition]):
 # --------------------------------------------------------------------------- annotator
 
 
+def body_keypoints_per_frame(scores: np.ndarray) -> list[int]:
+    """[F, P, 134] scores -> per frame, the most body points (of 18) any person has above
+    the masking threshold; 0 for a frame without people."""
+    if scores.ndim != 3 or scores.shape[1] == 0:
+        return [0] * int(scores.shape[0])
+    counts = (scores[:, :, BODY] >= SCORE_THRESHOLD).sum(axis=2)
+    return [int(v) for v in counts.max(axis=1)]
+
+
 class PoseAnnotator(Annotator):
     """DWPose (YOLOX detector + RTMPose whole-body) over each clip's sampled frames."""
 
     name: ClassVar[str] = "pose"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the measurements suitability reads
     Config: ClassVar[type[AnnotatorConfig]] = PoseConfig
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
     default_sampling: ClassVar[FrameSampling] = FrameSampling(num_frames=16, max_side=512)
@@ -324,6 +376,7 @@ class PoseAnnotator(Annotator):
             people_max=people_max,
             people_typical=people_typical,
             activity=activity,
+            body_keypoints=body_keypoints_per_frame(arrays["scores"]),
         )
         return PoseConditionType.to_output(summary)
 
