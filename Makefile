@@ -21,12 +21,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$($(BIN)/python -c 'import importlib.metadata as m; print("opencv-python-headless==" + m.version("opencv-python-headless"))')"
 	touch $(STAMP)
 
+# The any2capins recipe on the demo clips. Stages whose model weights are not here are left
+# out and listed with the command that brings them in (any2cap models fetch ...).
 demo: install
-	$(BIN)/any2cap build demo --input demo/clips --out $(RUN_DIR)
+	$(BIN)/any2cap build any2capins --input demo/clips --out $(RUN_DIR) --skip-unavailable
 	@echo
 	@echo "Run directory: $(RUN_DIR)"
 	@echo "Next:  $(BIN)/any2cap runs show $(RUN_DIR)      (the run report)"
-	@echo "       $(BIN)/any2cap runs records $(RUN_DIR)   (the records)"
+	@echo "       $(BIN)/any2cap runs records $(RUN_DIR)   (the records: conditions, instances)"
+	@echo "Models: $(BIN)/any2cap models list               (fetch: $(BIN)/any2cap models fetch)"
 	@echo "Review: printf 'a-long-password\\n' | $(BIN)/any2cap review users add me --role admin --run $(RUN_DIR)"
 	@echo "        $(BIN)/any2cap review serve --run $(RUN_DIR)   (http://127.0.0.1:8000/)"
 	@echo "Export: $(BIN)/any2cap export --run $(RUN_DIR) --out shards/"

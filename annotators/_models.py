@@ -17,10 +17,22 @@ def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def hub_cache_only() -> bool:
+    """Whether a build reads hub models from the Hugging Face cache only (the default).
+
+    A build never downloads weights behind the user's back: `any2cap models fetch` (or
+    `hf download`) puts them in the cache first, so a missing model stops the build before
+    any work instead of failing, or stalling on retries, inside a worker.
+    ``ANY2CAP_ALLOW_DOWNLOADS=1`` lets stages download on first use (unless HF_HUB_OFFLINE).
+    """
+    allowed = os.environ.get("ANY2CAP_ALLOW_DOWNLOADS", "").lower() in ("1", "true", "yes", "on")
+    return hf_offline() or not allowed
+
+
 def model_folder_problem(ref: str, local: bool) -> str | None:
     """Why ``from_pretrained(ref)`` would fail here, judged without loading; None when it
     looks loadable. A local folder must hold config.json; a hub id must be in the Hugging
-    Face cache when HF_HUB_OFFLINE is set (online it downloads on first use)."""
+    Face cache (see :func:`hub_cache_only`)."""
     if local:
         folder = Path(ref).expanduser()
         if not folder.is_dir():
@@ -28,13 +40,14 @@ def model_folder_problem(ref: str, local: bool) -> str | None:
         if not (folder / "config.json").is_file():
             return f"{folder} holds no config.json"
         return None
-    if not hf_offline():
+    if not hub_cache_only():
         return None
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(ref, "config.json"), str):
         return None
-    return "not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
+    why = "HF_HUB_OFFLINE is set" if hf_offline() else "builds do not download models"
+    return f"not in the Hugging Face cache, and {why}"
 
 
 def looks_like_path(ref: str) -> bool:
@@ -56,16 +69,28 @@ def hub_file(spec: str) -> tuple[str, str] | None:
     return repo, name
 
 
-def model_file(spec: str, what: str, setting: str, released: str | None = None) -> Path:
+def fetch_hint(target: str) -> str:
+    """The sentence a "model missing" error ends with: how ``any2cap models fetch`` gets a
+    stage's default models (or one model, by name) into the Hugging Face cache."""
+    return (
+        f"Or run `any2cap models fetch {target}` on a machine with network access: it puts "
+        "the default model in the Hugging Face cache (HF_HOME/HF_HUB_CACHE), where the build "
+        "finds it, also with HF_HUB_OFFLINE=1."
+    )
+
+
+def model_file(
+    spec: str, what: str, setting: str, released: str | None = None, stage: str | None = None
+) -> Path:
     """A single-file model (an ``.onnx`` graph): a local path, or a hub file
-    ``owner/repo:file`` fetched with huggingface_hub (from its cache only when
-    HF_HUB_OFFLINE is set).
+    ``owner/repo:file`` from the Hugging Face cache (see :func:`hub_cache_only`).
 
     A model that cannot be found is a :class:`MissingDependency` naming it and saying how to
     provide it: ``setting`` is where the stage is pointed at a file ("the stage's `detector`
-    param"), ``released`` the hub file to fetch when a local path is missing. Nothing weaker
-    is ever substituted.
+    param"), ``released`` the hub file to fetch when a local path is missing, ``stage`` the
+    name ``any2cap models fetch`` takes to get the default. Nothing weaker is ever substituted.
     """
+    more = f" {fetch_hint(stage)}" if stage else ""
 
     def fetch(repo: str, name: str) -> str:
         return (
@@ -79,7 +104,7 @@ def model_file(spec: str, what: str, setting: str, released: str | None = None) 
             return path
         hub = hub_file(released) if released else None
         hint = fetch(*hub) if hub else f"Point {setting} at an existing file."
-        raise MissingDependency(f"{what} model file {spec} does not exist. {hint}")
+        raise MissingDependency(f"{what} model file {spec} does not exist. {hint}{more}")
     hub = hub_file(spec)
     if hub is None:
         raise MissingDependency(
@@ -90,9 +115,9 @@ def model_file(spec: str, what: str, setting: str, released: str | None = None) 
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo, name, local_files_only=hf_offline()))
+        return Path(hf_hub_download(repo, name, local_files_only=hub_cache_only()))
     except Exception as e:  # offline, missing repo, auth: all mean "not here"
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise MissingDependency(
-            f"{what} model {spec} is not available ({first}). {fetch(repo, name)}"
+            f"{what} model {spec} is not available ({first}). {fetch(repo, name)}{more}"
         ) from e

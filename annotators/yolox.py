@@ -15,7 +15,8 @@ import functools
 import cv2
 import numpy as np
 
-DEFAULT_DETECTOR = "yzd-v/DWPose:yolox_l.onnx"
+from annotators.model_catalog import DEFAULT_DETECTOR
+
 DETECTOR_LICENSE = "Apache-2.0"
 
 COCO_CLASSES: tuple[str, ...] = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.engine import EXECUTORS
+from pipeline.fit import ResourceFit, fit_to_ray
 from pipeline.recipe import ResolvedRecipe
 from pipeline.rundir import RunDir, RunInfo
 from pipeline.sources import SourceItem
@@ -47,9 +49,39 @@ class RunReport(BaseModel):
     failures_by_stage: dict[str, dict[str, int]]
     stages: dict[str, StageTiming]
     clips_per_second: float
+    left_out: dict[str, str] = Field(
+        default_factory=dict, description="stages left out of the run (stage -> why)"
+    )
+    instances: dict[str, int] = Field(
+        default_factory=dict,
+        description="instances per condition set ('camera', 'camera+depth'), planned records only",
+    )
+    clips_without_instances: int = Field(
+        default=0, description="records whose instance plan is empty (they suit nothing)"
+    )
+    turned_away: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="condition type -> suitability reason category -> clips it turned away",
+    )
+    flags: dict[str, int] = Field(
+        default_factory=dict, description="caption-condition cross-check flags per check"
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="about sources, e.g. a span end clamped to the video"
+    )
+    resource_fit: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Ray only: per operator, what it asked for and what it ran with "
+        "(num_cpus_asked, num_cpus, ...; scaled down on a machine too small for the asks)",
+    )
 
 
 ProgressFn = Callable[[int, int], None]
+NotifyFn = Callable[[str], None]
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
 
 
 def run_build(
@@ -60,10 +92,23 @@ def run_build(
     limit: int | None = None,
     executor: str = "ray",
     progress: ProgressFn | None = None,
+    notify: NotifyFn = _to_stderr,
 ) -> RunReport:
+    """Run ``resolved`` over ``sources`` into ``run_root``.
+
+    With the Ray executor the stages' pools are first checked against what Ray has
+    (:mod:`pipeline.fit`): on local Ray they are scaled down to fit, and ``notify`` gets one
+    line saying so; on a cluster that lacks the resources, :class:`ResourceRefusal` is
+    raised before the run directory is touched.
+    """
+    fit: ResourceFit | None = None
+    if executor == "ray":
+        resolved, fit = fit_to_ray(resolved)
+        if fit.scaled:
+            notify(fit.line())
     run_dir = RunDir(run_root)
     with run_dir.exclusive():
-        return _run_locked(resolved, sources, run_dir, limit, executor, progress)
+        return _run_locked(resolved, sources, run_dir, limit, executor, progress, fit)
 
 
 def _run_locked(
@@ -73,6 +118,7 @@ def _run_locked(
     limit: int | None,
     executor: str,
     progress: ProgressFn | None,
+    fit: ResourceFit | None = None,
 ) -> RunReport:
     run_id = new_run_id()
     started_at = utc_now()
@@ -95,6 +141,11 @@ def _run_locked(
     seconds: dict[str, float] = defaultdict(float)
     clips: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
+    instances: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
+    turned_away: dict[str, Counter[str]] = defaultdict(Counter)
+    no_instances = 0
+    warnings: dict[str, None] = {}  # ordered set: one warning per source, not per clip
     rows = EXECUTORS[executor](
         resolved, [s.to_row() for s in sources], run_dir.root, artifacts_root, run_id, limit
     )
@@ -108,6 +159,14 @@ def _run_locked(
             if len(skipped_here) == len(stage_names):
                 resumed += 1
             skipped.update(skipped_here)
+            added = json.loads(row["dataset"] or "{}")
+            if added.get("instances") is not None:
+                instances.update(added["instances"])
+                no_instances += not added["instances"]
+            for name, category in added.get("unsuitable", {}).items():
+                turned_away[name][category] += 1
+            flags.update(added.get("flags", []))
+        warnings.update(dict.fromkeys(json.loads(row.get("warnings") or "[]")))
         for stage, secs in json.loads(row["stage_seconds"]).items():
             seconds[stage] += secs
             clips[stage] += 1
@@ -144,6 +203,13 @@ def _run_locked(
             for name in stage_names
         },
         clips_per_second=round((ok + failed) / wall, 3) if wall > 0 else 0.0,
+        left_out=dict(resolved.left_out),
+        instances=dict(sorted(instances.items(), key=lambda kv: (kv[0].count("+"), kv[0]))),
+        clips_without_instances=no_instances,
+        turned_away={k: dict(v.most_common()) for k, v in sorted(turned_away.items())},
+        flags=dict(flags.most_common()),
+        warnings=list(warnings),
+        resource_fit=fit.report() if fit is not None else {},
     )
     run_dir.save_report(report.model_dump(mode="json"))
     info.runs[-1].update({"finished_at": report.finished_at, "ok": ok, "failed": failed})

@@ -23,7 +23,8 @@ import pyarrow as pa
 from annotators import PROVENANCE_KEY, ClipInput
 from pipeline.recipe import ResolvedRecipe, SpanConfig, StageSpec
 from pipeline.rundir import RunDir, StageMarker
-from pipeline.spans import make_spans
+from pipeline.sources import BadManifestRow
+from pipeline.spans import clamp_warning, make_spans
 from pipeline.storage import ArtifactStore
 from pipeline.video import VideoInfo, local_video, probe_video, sample_frames
 from schemas import (
@@ -45,6 +46,8 @@ ROW_SCHEMA = pa.schema(
         ("failure", pa.string()),  # Failure as JSON, "" while ok
         ("stage_seconds", pa.string()),  # {stage: seconds} spent in this invocation
         ("skipped", pa.string()),  # [stage, ...] resumed from markers
+        ("dataset", pa.string()),  # what the finished record adds to the dataset (JSON)
+        ("warnings", pa.string()),  # [message, ...] about the source (a clamped span end)
     ]
 )
 
@@ -66,6 +69,8 @@ def _failure_row(source_uri: str, clip_id: str, stage: str, exc: BaseException) 
         "failure": failure.model_dump_json(),
         "stage_seconds": "{}",
         "skipped": "[]",
+        "dataset": "",
+        "warnings": "[]",
     }
 
 
@@ -76,6 +81,7 @@ def probe_source(
     recipe_name: str,
     recipe_hash: str,
     run_id: str,
+    stages_left_out: dict[str, str] | None = None,
 ) -> list[dict[str, str]]:
     """One source -> a row per clip span, or a single failure row for the source."""
     uri = str(item["source_uri"])
@@ -86,6 +92,8 @@ def probe_source(
         if start is not None and end is not None
         else (make_clip_id(uri, None, None))
     )
+    if item.get("problem"):  # a manifest row rejected when the sources were listed
+        return [_failure_row(uri, source_id, "probe", BadManifestRow(str(item["problem"])))]
     config = SpanConfig.model_validate(spans)
     try:
         with local_video(uri) as path:
@@ -93,6 +101,8 @@ def probe_source(
             span_list = make_spans(info, path, config, start, end)
     except Exception as e:  # noqa: BLE001 - VideoError or not, it is this source's failure
         return [_failure_row(uri, source_id, "probe", e)]
+    warning = clamp_warning(info, end)
+    warnings = json.dumps([warning] if warning else [])
     # A source that failed before may have a failure row keyed by the whole source.
     RunDir(run_root).clear_failure(source_id)
     rows = []
@@ -112,7 +122,12 @@ def probe_source(
         )
         record = Record(
             clip=clip,
-            provenance=Provenance(recipe=recipe_name, recipe_hash=recipe_hash, run_id=run_id),
+            provenance=Provenance(
+                recipe=recipe_name,
+                recipe_hash=recipe_hash,
+                run_id=run_id,
+                stages_left_out=dict(stages_left_out or {}),
+            ),
         )
         rows.append(
             {
@@ -123,6 +138,8 @@ def probe_source(
                 "failure": "",
                 "stage_seconds": "{}",
                 "skipped": "[]",
+                "dataset": "",
+                "warnings": warnings,
             }
         )
     return rows
@@ -165,6 +182,7 @@ class StageActor:
         self.artifacts = ArtifactStore(artifacts_root)
         self.run_id = run_id
         self.readers = tuple(readers)
+        self._readers_used: dict[int, str] = {}  # row index -> reader, in this batch
         self.node = socket.gethostname()
         import ray
 
@@ -178,6 +196,7 @@ class StageActor:
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         spec = self.spec
         pending: list[tuple[int, ClipInput, float]] = []
+        self._readers_used = {}
         for i, row in enumerate(rows):
             if row["failure"]:
                 continue
@@ -212,6 +231,7 @@ class StageActor:
                 artifacts=self.artifacts.sink(record.clip_id, spec.name),
             )
             pending.append((i, clip_input, time.perf_counter() - started))
+            self._readers_used[i] = sampled.reader
         if pending:
             self._annotate(rows, pending)
         return rows
@@ -251,6 +271,8 @@ class StageActor:
             try:
                 out = dict(out)
                 details = {str(k): str(v) for k, v in (out.pop(PROVENANCE_KEY, None) or {}).items()}
+                # which reader decoded the frames (decord, or PyAV where decord cannot)
+                details.setdefault("reader", self._readers_used.get(i, ""))
                 unknown = set(out) - set(self.annotator.writes)
                 if unknown:
                     raise RuntimeError(
@@ -292,6 +314,19 @@ class StageActor:
             row["stage_seconds"] = json.dumps(timings)
 
 
+def dataset_summary(record: Record) -> dict[str, Any]:
+    """What one finished record adds to the dataset, for the run report: its instances,
+    the condition types it was turned away from (with the reason's category) and its
+    cross-check flags. Small, so it travels with the summary row."""
+    return {
+        "instances": None if record.instances is None else [i.key for i in record.instances],
+        "unsuitable": {
+            name: s.category for name, s in sorted(record.suitability.items()) if not s.suitable
+        },
+        "flags": [f.check for f in record.checks],
+    }
+
+
 def finalize_rows(rows: list[dict[str, Any]], run_root: str) -> list[dict[str, Any]]:
     """Write each clip's record (or failure) to the run directory; pass small rows on."""
     run_dir = RunDir(run_root)
@@ -303,6 +338,7 @@ def finalize_rows(rows: list[dict[str, Any]], run_root: str) -> list[dict[str, A
             record = Record.model_validate_json(row["record"])
             run_dir.save_record(record)
             run_dir.clear_failure(record.clip_id)
+            row["dataset"] = json.dumps(dataset_summary(record))
         row["record"] = ""  # the driver needs only the summary
         row["probe"] = ""
     return rows
@@ -353,13 +389,14 @@ def run_ray(
         _probe_batch,
         batch_size=1,
         batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=resolved.task_cpus,
         fn_kwargs={
             "spans": recipe.spans.model_dump(),
             "run_root": run_root,
             "recipe_name": recipe.name,
             "recipe_hash": resolved.recipe_hash,
             "run_id": run_id,
+            "stages_left_out": resolved.left_out,
         },
     )
     if limit is not None:
@@ -385,7 +422,7 @@ def run_ray(
     ds = ds.map_batches(
         functools.partial(_finalize_batch, run_root=run_root),
         batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=resolved.task_cpus,
     )
     yield from ds.iter_rows()
 
@@ -410,6 +447,7 @@ def run_local(
                 recipe.name,
                 resolved.recipe_hash,
                 run_id,
+                resolved.left_out,
             )
         )
     if limit is not None:

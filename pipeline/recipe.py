@@ -7,7 +7,7 @@ type, and the error names the key (``stages[0].params.palete_size``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,11 +91,51 @@ class StageSpec:
         self.annotator_cls.preflight(self.config)
 
 
+TASK_CPUS = 0.25  # what each probe / finalize task asks Ray for
+
+
 @dataclass(frozen=True)
 class ResolvedRecipe:
     recipe: Recipe
     stages: tuple[StageSpec, ...]
     recipe_hash: str
+    # stages taken out before the run (stage -> why), e.g. a model that is not there
+    left_out: dict[str, str] = field(default_factory=dict)
+    # CPUs each probe / finalize task asks Ray for (lowered with the pools on a small machine)
+    task_cpus: float = TASK_CPUS
+
+    def without(self, reasons: Mapping[str, str]) -> ResolvedRecipe:
+        """The recipe with the stages named in ``reasons`` (stage -> why) taken out.
+
+        The remaining stages forget the left-out names in their ``depends_on``, and their
+        hashes are derived again by the same rule as :func:`resolve_recipe`: a stage that
+        read a left-out stage gets a new hash, so it runs again once that stage comes back.
+        """
+        unknown = sorted(set(reasons) - {s.name for s in self.stages})
+        if unknown:
+            raise RecipeError(f"cannot leave out {unknown}: not stages of {self.recipe.name!r}")
+        if not reasons:
+            return self
+        keep = [
+            (cfg, spec)
+            for cfg, spec in zip(self.recipe.stages, self.stages, strict=True)
+            if spec.name not in reasons
+        ]
+        if not keep:
+            raise RecipeError(f"every stage of recipe {self.recipe.name!r} was left out")
+        stages = [
+            cfg.model_copy(update={"depends_on": [d for d in cfg.depends_on if d not in reasons]})
+            for cfg, _ in keep
+        ]
+        registry = {cfg.annotator: spec.annotator_cls for cfg, spec in keep}
+        pruned = _resolve(self.recipe.model_copy(update={"stages": stages}), registry)
+        return ResolvedRecipe(
+            pruned.recipe,
+            pruned.stages,
+            pruned.recipe_hash,
+            left_out={**self.left_out, **reasons},
+            task_cpus=self.task_cpus,
+        )
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -124,6 +164,17 @@ def load_recipe_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def stage_hash(
+    cls: type[Annotator],
+    config: AnnotatorConfig,
+    sampling: FrameSampling,
+    readers: list[Reader],
+    dependencies: Mapping[str, str],
+) -> str:
+    """A stage's outputs depend on its own settings and on those of the stages it reads."""
+    return config_hash(cls.name, cls.version, config, sampling, readers, dict(dependencies))
+
+
 def resolve_recipe(
     data: Mapping[str, Any], registry: Mapping[str, type[Annotator]]
 ) -> ResolvedRecipe:
@@ -132,6 +183,10 @@ def resolve_recipe(
         recipe = Recipe.model_validate(dict(data))
     except ValidationError as e:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(_format_errors(e))) from e
+    return _resolve(recipe, registry)
+
+
+def _resolve(recipe: Recipe, registry: Mapping[str, type[Annotator]]) -> ResolvedRecipe:
     problems: list[str] = []
     specs: list[StageSpec] = []
     hashes: dict[str, str] = {}
@@ -160,14 +215,8 @@ def resolve_recipe(
             continue
         sampling = stage.sampling or cls.default_sampling
         resources = stage.resources or cls.default_resources
-        # A stage's outputs depend on its own settings and on those of the stages it reads.
-        digest = config_hash(
-            cls.name,
-            cls.version,
-            config,
-            sampling,
-            recipe.readers,
-            {d: hashes[d] for d in stage.depends_on},
+        digest = stage_hash(
+            cls, config, sampling, recipe.readers, {d: hashes[d] for d in stage.depends_on}
         )
         hashes[name] = digest
         specs.append(

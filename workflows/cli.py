@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,6 +22,7 @@ from workflows.captions_cli import captions_app
 from workflows.eval import eval_app
 from workflows.export.cli import export as export_command
 from workflows.export.cli import shards_app
+from workflows.models_cli import models_app
 from workflows.review.cli import review_app
 
 app = typer.Typer(
@@ -35,6 +37,7 @@ app.add_typer(camera_app, name="camera")
 app.add_typer(eval_app, name="eval")
 app.add_typer(shards_app, name="shards")
 app.add_typer(review_app, name="review")
+app.add_typer(models_app, name="models")
 app.command("export")(export_command)
 
 err = Console(stderr=True)
@@ -55,9 +58,18 @@ def build(
         str, typer.Option(help="ray (default; RAY_ADDRESS joins a cluster) or local (plain loop)")
     ] = "ray",
     progress: Annotated[bool, typer.Option(help="live progress display")] = True,
+    skip_unavailable: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unavailable",
+            help="leave out stages whose models or packages are missing and say so; "
+            "the demo uses it",
+        ),
+    ] = False,
 ) -> None:
     """Run RECIPE over the clips in INPUT into RUN_DIR; re-running resumes."""
     from pipeline.build import run_build
+    from pipeline.fit import ResourceRefusal
     from workflows.recipes import load_recipe
 
     if executor not in ("ray", "local"):
@@ -68,18 +80,31 @@ def build(
         sources = list_sources(input)
         # A missing package or model file is a clear error before any work starts, not a
         # crash inside a Ray actor; checked without loading the models here.
+        unavailable: dict[str, str] = {}
         for spec in resolved.stages:
-            spec.preflight()
+            try:
+                spec.preflight()
+            except MissingDependency as e:
+                if not skip_unavailable:
+                    message = str(e).rstrip()
+                    hint = _fetch_command([spec.name])
+                    if hint and hint not in message:
+                        message += f" To bring it in: {hint}."
+                    message += " Or build with --skip-unavailable to leave the stage out."
+                    raise MissingDependency(message) from e
+                unavailable[spec.name] = str(e)
+        resolved = resolved.without(unavailable)
     except (RecipeError, SourceError, MissingDependency) as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
     if not sources:
         err.print(f"[red]error:[/red] no videos found in {input}")
         raise typer.Exit(2)
     where = os.environ.get("RAY_ADDRESS") or "local Ray" if executor == "ray" else "plain loop"
     err.print(
-        f"recipe [bold]{resolved.recipe.name}[/bold] ({len(resolved.stages)} stages), "
-        f"{len(sources)} sources -> {out_dir} on {where}"
+        f"recipe [bold]{resolved.recipe.name}[/bold] ({len(resolved.stages)} stages"
+        + (f", left out: {', '.join(resolved.left_out)}" if resolved.left_out else "")
+        + f"), {len(sources)} sources -> {out_dir} on {where}"
     )
     with Progress(
         SpinnerColumn(),
@@ -96,10 +121,18 @@ def build(
 
         try:
             report = run_build(
-                resolved, sources, out_dir, limit=limit, executor=executor, progress=update
+                resolved,
+                sources,
+                out_dir,
+                limit=limit,
+                executor=executor,
+                progress=update,
+                notify=lambda line: err.print(line, markup=False, soft_wrap=True),
             )
-        except RunDirBusy as e:
-            err.print(f"[red]error:[/red] {e}")
+        except (RunDirBusy, ResourceRefusal, MissingDependency) as e:
+            # MissingDependency here: a model that passed the preflight failed to load in a
+            # worker (a corrupt file, a device the worker lacks)
+            err.print(f"[red]error:[/red] {escape(str(e))}")
             raise typer.Exit(2) from e
     data = report.model_dump(mode="json")
     _print_report(data)
@@ -139,13 +172,70 @@ def _print_report(report: dict[str, Any]) -> None:
         out.print(by_stage)
     if report["failures"]:
         failures = Table(title="failures")
-        for col in ("source", "stage", "error", "message"):
+        for col in ("source", "stage", "error", "builds failed", "message"):
             failures.add_column(col, overflow="fold")
         for f in report["failures"]:
             failures.add_row(
-                os.path.basename(f["source_uri"]), f["stage"], f["error_type"], f["message"][:160]
+                os.path.basename(f["source_uri"]),
+                f["stage"],
+                f["error_type"],
+                str(f.get("attempt", 1)),
+                f["message"][:160],
             )
         out.print(failures)
+    for warning in report.get("warnings") or []:
+        out.print(f"warning: {warning}", markup=False)
+    _print_dataset(report)
+    left_out = report.get("left_out") or {}
+    if left_out:
+        table = Table(title="stages left out")
+        for col in ("stage", "why"):
+            table.add_column(col, overflow="fold")
+        for stage, why in left_out.items():
+            # the first sentence; the whole message (how to provide the model) is in the report
+            table.add_row(stage, why.split(". ", 1)[0][:200])
+        out.print(table)
+        fetch = _fetch_command(list(left_out))
+        if fetch:
+            out.print(f"to bring them in: {fetch}", markup=False)
+
+
+def _fetch_command(stages: list[str]) -> str:
+    """``any2cap models fetch ...`` for the stages whose default models it knows, or ''."""
+    from annotators.model_catalog import STAGES
+
+    known = [s for s in stages if s in STAGES]
+    return f"any2cap models fetch {' '.join(known)}" if known else ""
+
+
+def _print_dataset(report: dict[str, Any]) -> None:
+    """Instances per condition set, clips each suitability rule turned away, flags."""
+    instances: dict[str, int] = report.get("instances") or {}
+    turned_away: dict[str, dict[str, int]] = report.get("turned_away") or {}
+    if not instances and not turned_away and not report.get("clips_without_instances"):
+        return
+    table = Table(title="instances")
+    for col in ("condition set", "instances"):
+        table.add_column(col)
+    for key, n in instances.items():
+        table.add_row(key + (" (composition)" if "+" in key else ""), str(n))
+    table.add_row("total", str(sum(instances.values())), style="bold")
+    table.add_row("clips suiting nothing", str(report.get("clips_without_instances", 0)))
+    out.print(table)
+    if turned_away:
+        away = Table(title="clips turned away by suitability")
+        for col in ("condition type", "why", "clips"):
+            away.add_column(col, overflow="fold")
+        for name, reasons in turned_away.items():
+            for why, n in reasons.items():
+                away.add_row(name, why, str(n))
+        out.print(away)
+    flags = report.get("flags") or {}
+    if flags:
+        out.print(
+            "caption-condition flags: " + ", ".join(f"{k} {v}" for k, v in flags.items()),
+            markup=False,
+        )
 
 
 @runs_app.command("show")
@@ -182,10 +272,11 @@ def runs_records(
         "source",
         "span (s)",
         "size",
-        "brightness",
+        "bright",
         "motion",
-        "palette",
-        "stages",
+        "conditions",
+        "instances",
+        "flags",
     ):
         table.add_column(col, overflow="fold")
     for r in records:
@@ -197,8 +288,9 @@ def runs_records(
             f"{r.clip.width}x{r.clip.height}",
             f"{stats.mean_brightness:.3f}" if stats else "-",
             f"{stats.motion_magnitude:.4f}" if stats else "-",
-            " ".join(s.hex for s in stats.palette) if stats else "-",
-            ",".join(s.stage for s in r.provenance.stages),
+            ",".join(r.conditions.present()) or "-",
+            "-" if r.instances is None else (" ".join(i.key for i in r.instances) or "none"),
+            str(len(r.checks)),
         )
     out.print(table)
 

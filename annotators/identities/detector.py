@@ -44,7 +44,9 @@ class Detection:
 
 def detector_file(ref: str) -> Path:
     """The detector's .onnx file, found without loading it (a MissingDependency if not)."""
-    return model_file(ref, "YOLOX detector", DETECTOR_SETTING, released=DEFAULT_DETECTOR)
+    return model_file(
+        ref, "YOLOX detector", DETECTOR_SETTING, released=DEFAULT_DETECTOR, stage="identities"
+    )
 
 
 def per_label_detections(

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from annotators._models import hf_offline as offline
-from annotators._models import looks_like_path, model_folder_problem
+from annotators._models import fetch_hint, looks_like_path, model_folder_problem
+from annotators._models import hub_cache_only as offline
 from annotators.base import MissingDependency
 from annotators.identities.detector import Detection, per_label_detections
+from annotators.model_catalog import DEFAULT_GROUNDING
 
-DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
 GROUNDING_LICENSE = "Apache-2.0"
 
 
@@ -74,7 +74,8 @@ def grounded_detections(
 GROUNDING_HOW = (
     f"download it on a machine with network access (e.g. `hf download "
     f"{DEFAULT_GROUNDING}`) and set the stage's `grounding_model` to the local folder, "
-    "or put it in the Hugging Face cache; or leave `open_vocabulary` empty"
+    "or put it in the Hugging Face cache; or leave `open_vocabulary` empty. "
+    + fetch_hint("grounding-dino")
 )
 
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from annotators._models import hf_offline as offline
-from annotators._models import looks_like_path, model_folder_problem
+from annotators._models import fetch_hint, looks_like_path, model_folder_problem
+from annotators._models import hub_cache_only as offline
 from annotators.base import MissingDependency
+from annotators.model_catalog import DEFAULT_SAM2
 
-DEFAULT_SAM2 = "facebook/sam2.1-hiera-tiny"
 SAM2_LICENSE = "Apache-2.0"
 
 
@@ -41,7 +41,7 @@ def _missing(model: str, detail: str) -> MissingDependency:
         f"SAM 2 model {model!r} is not available ({detail}); download it on a machine with "
         f"network access (e.g. `hf download {DEFAULT_SAM2}`) and set the stage's `sam2_model` "
         "to the local folder (config.json, model.safetensors, processor_config.json), or put "
-        "it in the Hugging Face cache"
+        "it in the Hugging Face cache. " + fetch_hint("identities")
     )
 
 
