@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 from pipeline.recipe import SpanConfig
 from pipeline.video import ClipTooShort, VideoInfo
+
+log = logging.getLogger(__name__)
+
+
+def clamp_warning(info: VideoInfo, end_s: float | None) -> str | None:
+    """The warning due when a requested span end lies past the video's end (it is clamped
+    to the end); None when it fits, allowing one frame of rounding."""
+    if end_s is None or end_s <= info.duration_s + 1.0 / info.fps + 1e-3:
+        return None
+    return (
+        f"{info.uri}: span end {end_s:.3f}s is past the end of the "
+        f"{info.duration_s:.3f}s video; clamped to {info.duration_s:.3f}s"
+    )
 
 
 def _split_long(start: float, end: float, max_len: float | None) -> list[tuple[float, float]]:
@@ -34,7 +48,16 @@ def make_spans(
     start_s: float | None = None,
     end_s: float | None = None,
 ) -> list[tuple[float, float]]:
-    """Spans in seconds from the start of the file; raises ClipTooShort when none is long enough."""
+    """Spans in seconds from the start of the file; raises ClipTooShort when none is long enough.
+
+    An ``end_s`` past the video's end is clamped to it, and logged (see :func:`clamp_warning`).
+    """
+    for name, value in (("start", start_s), ("end", end_s)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"span {name} {value!r} is not a finite, non-negative number")
+    warning = clamp_warning(info, end_s)
+    if warning:
+        log.warning(warning)
     lo = 0.0 if start_s is None else start_s
     hi = info.duration_s if end_s is None else min(end_s, info.duration_s)
     if hi - lo < max(config.min_len_s, 1.0 / info.fps):

@@ -21,6 +21,7 @@ Conventions
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import math
 import os
@@ -77,6 +78,10 @@ DECORD_CHUNK = 32
 # the last few pts of a prefix can be missing, so that many are dropped before judging.
 PROBE_PACKETS = 240
 PROBE_REORDER_SLACK = 16
+# Containers decord 0.6.0 cannot seek in: it seeks by timestamp without an index and, in
+# MPEG-TS, lands a GOP late and hands back the wrong frames without an error (or
+# fails with "Unable to handle EOF"). PyAV reads them (see _decode_wanted).
+DECORD_UNSEEKABLE = frozenset({"mpegts"})
 # 0 lets FFmpeg pick the number of decoding threads.
 DECODE_THREADS = 0
 # PyAV decodes with slice threads only by default; most camera H.264 has a single slice per
@@ -154,6 +159,9 @@ class VideoInfo:
     num_frames: int  # the container's frame count, or duration * fps when it has none
     variable_frame_rate: bool
     has_audio: bool
+    # FFmpeg's demuxer name ("mov,mp4,m4a,3gp,3g2,mj2", "mpegts", "matroska,webm", ...); empty
+    # in probes stored before it was recorded.
+    container: str = ""
 
 
 def probe_video(path: str, uri: str | None = None) -> VideoInfo:
@@ -211,11 +219,20 @@ def probe_video(path: str, uri: str | None = None) -> VideoInfo:
             coded_width=coded_w,
             coded_height=coded_h,
             rotation=rotation,
-            codec=str(ctx.name),
+            codec=_codec_name(ctx),
             num_frames=frames,
             variable_frame_rate=scan.irregular or rate_mismatch,
             has_audio=bool(container.streams.audio),
+            container=str(getattr(container.format, "name", "") or ""),
         )
+
+
+def _codec_name(ctx: av.codec.context.CodecContext) -> str:
+    """The codec's canonical name ("av1", "h264"), not the decoder's: FFmpeg builds decode AV1
+    with libdav1d, VP9 sometimes with libvpx-vp9, and the record names the format."""
+    codec = getattr(ctx, "codec", None)
+    name = getattr(codec, "canonical_name", None) if codec is not None else None
+    return str(name or ctx.name)
 
 
 def _check_local_file(path: str, uri: str) -> None:
@@ -536,6 +553,11 @@ class DecordReader:
     def read(
         self, path: str, info: VideoInfo, start_s: float, end_s: float, sampling: FrameSampling
     ) -> SampledFrames:
+        if info.container in DECORD_UNSEEKABLE:
+            raise ReaderUnavailable(
+                f"decord cannot seek in {info.container} files (it returns frames from the "
+                "wrong GOP); read by PyAV"
+            )
         decord = _decord()
         size = output_size(info, sampling.max_side)
         turn = info.rotation if info.rotation and not _decord_rotates() else 0
@@ -579,6 +601,8 @@ class _FrameIndex:
     times: np.ndarray
     key_pts: list[int]
     end_s: float
+    # The decode timestamp of each keyframe in key_pts (its pts where the packet has none).
+    key_dts: list[int] = dataclasses.field(default_factory=list)
 
     @classmethod
     def build(
@@ -587,7 +611,7 @@ class _FrameIndex:
         container.seek(0)
         origin = stream.start_time
         pts: list[int] = []
-        keys: list[int] = []
+        keys: list[tuple[int, int]] = []
         last_end = 0
         for packet in container.demux(stream):
             if not packet.size:
@@ -598,7 +622,7 @@ class _FrameIndex:
             pts.append(t)
             last_end = max(last_end, t + (packet.duration or 0))
             if packet.is_keyframe:
-                keys.append(t)
+                keys.append((t, packet.dts if packet.dts is not None else t))
         pts.sort()
         keys.sort()
         time_base = stream.time_base or Fraction(1, av.time_base)
@@ -608,19 +632,42 @@ class _FrameIndex:
         pts = pts[keep:]
         times = np.array([float((p - origin) * time_base) for p in pts], dtype=np.float64)
         end_s = float((last_end - origin) * time_base) if pts else 0.0
-        return cls(pts=pts, times=times, key_pts=keys, end_s=end_s)
+        return cls(
+            pts=pts,
+            times=times,
+            key_pts=[k for k, _ in keys],
+            end_s=end_s,
+            key_dts=[d for _, d in keys],
+        )
 
-    def seek_target(self, pts: int, earlier: int = 0) -> int:
-        """Where to seek to decode ``pts``: the pts of the keyframe at or before it (or
-        ``earlier`` keyframes further back).
+    def seek_targets(self, pts: int) -> list[int]:
+        """Where to seek to decode ``pts``, best guess first; each later target lies earlier.
 
-        The keyframe's own pts, not its smaller dts: FFmpeg's mov demuxer looks seek targets
-        up by presentation time, and seeking to the dts lands a whole GOP early.
+        1. The pts of the keyframe at or before it: FFmpeg's indexed demuxers (mov, matroska)
+           look seek targets up by presentation time, and its smaller dts would land a whole
+           GOP early.
+        2. That keyframe's dts: demuxers without an index (MPEG-TS, MPEG-PS) binary-search
+           the file by decode time, so seeking to the keyframe's pts lands on the *next* one.
+        3. The keyframe before it (open GOPs, frames decoded before their keyframe in
+           presentation order, odd indexes).
+        4. The stream's first timestamp (the start of the file).
         """
-        i = bisect.bisect_right(self.key_pts, pts) - 1 - earlier
-        if i < 0:
-            return min(self.key_pts[0], self.pts[0]) if self.key_pts else self.pts[0]
-        return self.key_pts[i]
+        first = min([*self.key_dts, *self.key_pts, self.pts[0]])
+        targets: list[int] = []
+        i = bisect.bisect_right(self.key_pts, pts) - 1
+        if i >= 0:
+            targets += [self.key_pts[i], self._dts(i)]
+            if i >= 1:
+                targets.append(self._dts(i - 1))
+        targets.append(first)
+        return list(dict.fromkeys(targets))
+
+    def seek_target(self, pts: int) -> int:
+        """The first of :meth:`seek_targets`: right for indexed containers."""
+        return self.seek_targets(pts)[0]
+
+    def _dts(self, i: int) -> int:
+        return self.key_dts[i] if i < len(self.key_dts) else self.key_pts[i]
 
     def key_at_or_before(self, pts: int) -> int | None:
         i = bisect.bisect_right(self.key_pts, pts) - 1
@@ -687,13 +734,13 @@ def _decode_wanted(
     errors: list[str] = []
     for run in runs:
         missing = set(run)
-        # A second try starts one keyframe earlier: seeking can land past a frame that is
-        # decoded before its keyframe in presentation order (open GOP, odd indexes).
-        for earlier in (0, 1):
-            container.seek(
-                index.seek_target(run[0], earlier), stream=stream, backward=True, any_frame=False
-            )
-            _decode_run(container, stream, missing, max(run), got, convert, errors)
+        targets = index.seek_targets(run[0])
+        for n, target in enumerate(targets):
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            # A try that lands past the first wanted frame is abandoned at once (the next
+            # target lies earlier); the last one decodes on regardless.
+            last_try = n == len(targets) - 1
+            _decode_run(container, stream, missing, max(run), got, convert, errors, last_try)
             if not missing:
                 break
         if missing:
@@ -714,7 +761,9 @@ def _decode_run(
     got: dict[int, np.ndarray],
     convert: Callable[[av.VideoFrame], np.ndarray],
     errors: list[str],
+    last_try: bool = True,
 ) -> None:
+    first = True
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
@@ -724,6 +773,10 @@ def _decode_run(
         past = False
         for frame in frames:
             p = frame.pts
+            if first and p is not None:
+                first = False
+                if not last_try and missing and p > min(missing):
+                    return  # the seek landed past a wanted frame
             if p in missing:
                 got[p] = convert(frame)
                 missing.discard(p)

@@ -112,10 +112,12 @@ def _encode(
     rotation: int = 0,
     audio_seconds: float = 0.0,
     faststart: bool = False,
+    mux_options: dict[str, str] | None = None,
 ) -> Path:
     path = Path(path)
     height, width = images[0].shape[:2]
     options = {"movflags": "faststart"} if faststart else {}
+    options.update(mux_options or {})
     with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream(codec, rate=rate)
         assert isinstance(stream, av.video.stream.VideoStream), codec
@@ -192,6 +194,39 @@ def make_video(
         gop,
         audio_seconds=seconds if audio else 0.0,
         faststart=faststart,
+    )
+
+
+def make_ts_video(
+    path: str | Path,
+    seconds: float = 2.0,
+    fps: int = 24,
+    width: int = 320,
+    height: int = 240,
+    *,
+    gop: int = 250,
+    mux_delay_s: float = 0.7,
+) -> Path:
+    """An MPEG-TS clip (H.264 with B-frames when libx264 is there), as broadcast and camera
+    footage comes: the ``.ts`` suffix picks the mpegts muxer. The default GOP is libx264's
+    (250 frames: one keyframe in a short clip); pass a short one to make seeking matter.
+
+    ``mux_delay_s`` is the muxer's max_delay; FFmpeg's command line uses 0.7 s, which puts the
+    first presentation time near 1.4 s (TS timestamps practically never start at 0).
+    """
+    n = max(1, round(seconds * fps))
+    images = [frame_image(i, n, width, height) for i in range(n)]
+    delay_us = str(round(mux_delay_s * 1_000_000))
+    return _encode(
+        path,
+        images,
+        list(range(n)),
+        Fraction(1, fps),
+        Fraction(fps),
+        DEFAULT_CODEC,
+        "yuv420p",
+        gop,
+        mux_options={"max_delay": delay_us},
     )
 
 
