@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from annotators.captions.validate import word_count
 from pipeline.storage import Storage
-from schemas import CAPTION_COMPONENTS, SCHEMA_VERSION, Conditions
+from schemas import CAPTION_COMPONENTS, SCHEMA_VERSION, Conditions, reason_category
 from workflows.export.shards import MANIFEST
 
 CONDITION_NAMES = [n for n in Conditions.model_fields if n != "extra"]
 COLUMNS = [
+    "clip_id",
+    "instance_id",
+    "partition",
+    "condition_types",
+    "composition",
     "clip",
     "conditions",
+    "suitability",
+    "checks",
     "caption",
     "short_prompt",
     "machine_caption",
@@ -34,7 +42,57 @@ def _rows(storage: Storage, manifest: dict[str, Any]) -> Iterator[dict[str, Any]
 
 
 def _words(text: str) -> int:
-    return len(text.split())
+    # the caption checks' own word count, so the card's averages match their bounds
+    return word_count(text)
+
+
+# the paper's order of the condition types in Table 1
+TABLE_ORDER = ("depth", "pose", "identities", "camera")
+
+
+def _type_rank(key: str) -> tuple[int, int, str]:
+    """Single types first in the paper's order, then compositions by size and name."""
+    parts = key.split("+")
+    first = TABLE_ORDER.index(key) if key in TABLE_ORDER else len(TABLE_ORDER)
+    return (len(parts), first, key)
+
+
+def _condition_count(row: dict[str, Any]) -> int:
+    """Conditions of one instance: one per identity for identities, else one per type."""
+    total = 0
+    for name in row["condition_types"]:
+        summary = (row["conditions"] or {}).get(name) if name in CONDITION_NAMES else None
+        total += len(summary["identities"]) if name == "identities" and summary else 1
+    return total
+
+
+def table_one(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's Table 1 over the exported instances: per condition type and per
+    composition, instances, conditions, and average words of the short prompts and of the
+    structured captions (six components together); the last entry is the total."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["partition"]].append(row)
+
+    def entry(name: str, members: list[dict[str, Any]], composition: bool) -> dict[str, Any]:
+        n = len(members)
+        prompt = sum(_words(r["short_prompt"]) for r in members)
+        caption = sum(_words(r["caption"][c]) for r in members for c in CAPTION_COMPONENTS)
+        return {
+            "type": name,
+            "composition": composition,
+            "instances": n,
+            "conditions": sum(_condition_count(r) for r in members),
+            "prompt_words": round(prompt / n, 1) if n else None,
+            "caption_words": round(caption / n, 1) if n else None,
+        }
+
+    table = [
+        entry(key, groups[key], bool(groups[key][0]["composition"]))
+        for key in sorted(groups, key=_type_rank)
+    ]
+    table.append(entry("total", rows, False))
+    return table
 
 
 def card_statistics(
@@ -46,10 +104,29 @@ def card_statistics(
     models: dict[str, str] = {}
     prompts: dict[str, str] = {}
     edited_components: Counter[str] = Counter()
-    durations = []
+    durations: dict[str, float] = {}
     caption_words, prompt_words = [], []
+    # per clip (a clip has one row per instance): suitability and cross-check flags
+    turned_away: dict[str, Counter[str]] = defaultdict(Counter)
+    judged: Counter[str] = Counter()
+    flags: dict[str, Counter[str]] = defaultdict(Counter)
+    flagged_clips: dict[str, set[str]] = defaultdict(set)
+    seen: set[str] = set()
+    labelled: set[str] = set()
     for row in rows:
-        durations.append(row["clip"]["end_s"] - row["clip"]["start_s"])
+        clip_id = row["clip_id"]
+        for flag in row.get("checks") or []:
+            flags[flag["check"]][row["partition"]] += 1
+            flagged_clips[flag["check"]].add(clip_id)
+        if clip_id in seen:
+            continue
+        seen.add(clip_id)
+        durations[clip_id] = row["clip"]["end_s"] - row["clip"]["start_s"]
+        for kv in row.get("suitability") or []:
+            judged[kv["key"]] += 1
+            if not kv["value"]["suitable"]:
+                turned_away[kv["key"]][reason_category(kv["value"]["reason"])] += 1
+    for row in rows:
         conditions = row["conditions"]
         for name in CONDITION_NAMES:
             summary = conditions.get(name)
@@ -58,7 +135,8 @@ def card_statistics(
             instances[name] += 1
             # identities count one condition per identity, as in the paper's Table 1
             annotations[name] += len(summary["identities"]) if name == "identities" else 1
-            if name == "camera":
+            if name == "camera" and row["clip_id"] not in labelled:
+                labelled.add(row["clip_id"])  # once per clip, however many camera instances
                 labels.update(summary["labels"])
         for kv in conditions.get("extra") or []:
             name = kv["key"]
@@ -80,12 +158,27 @@ def card_statistics(
             for kv in stage["prompt_hashes"] or []:
                 prompts[kv["key"]] = kv["value"]
     n = len(rows)
+    clips = len(durations)
     return {
         "rows": n,
+        "clips": clips,
+        "table": table_one(rows),
+        "suitability": {
+            name: {
+                "clips": judged[name],
+                "turned_away": sum(turned_away[name].values()),
+                "reasons": dict(turned_away[name].most_common()),
+            }
+            for name in sorted(judged, key=_type_rank)
+        },
+        "flags": {
+            check: {"clips": len(flagged_clips[check]), "instances": dict(flags[check])}
+            for check in sorted(flags)
+        },
         "instances": dict(instances),
         "conditions": dict(annotations),
-        "avg_clip_s": round(sum(durations) / n, 2) if n else 0.0,
-        "total_hours": round(sum(durations) / 3600, 3),
+        "avg_clip_s": round(sum(durations.values()) / clips, 2) if clips else 0.0,
+        "total_hours": round(sum(durations.values()) / 3600, 3),
         "caption_words": caption_words,
         "prompt_words": prompt_words,
         "camera_labels": dict(labels.most_common()),
@@ -109,7 +202,7 @@ def _histogram_png(values: list[int], title: str, xlabel: str) -> bytes:
         ax.hist(values, bins=min(30, max(5, len(set(values)))), color="#4a78b5", edgecolor="white")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("records")
+    ax.set_ylabel("instances")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -191,6 +284,9 @@ def _review_lines(review: dict[str, Any]) -> list[str]:
     ]
     for name, rate in review.get("edit_rate_per_component", {}).items():
         lines.append(f"| {name} | {_pct(rate)} |")
+    # per instance key: kept reviews of items with that instance that changed its prompt
+    for key, rate in review.get("edit_rate_per_instance", {}).items():
+        lines.append(f"| short_prompt:{key} | {_pct(rate)} |")
     agreement = review.get("agreement") or {}
     lines.append("")
     if agreement.get("items"):
@@ -214,21 +310,97 @@ def _review_lines(review: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _avg(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _table_lines(table: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| condition | instances | conditions | avg. short prompt words "
+        "| avg. structured caption words |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for e in table:
+        name = e["type"]
+        if name == "total":
+            name = "**total**"
+        elif e["composition"]:
+            name = f"{name} (composition)"
+        lines.append(
+            f"| {name} | {e['instances']} | {e['conditions']} | {_avg(e['prompt_words'])} "
+            f"| {_avg(e['caption_words'])} |"
+        )
+    return lines
+
+
+def _suitability_lines(stats: dict[str, Any]) -> list[str]:
+    suit = stats["suitability"]
+    if not suit:
+        return ["The exported records carry no suitability judgements."]
+    lines = [
+        "Of the exported clips, how many each condition type's rule turned away, and why",
+        "(the reason's first clause, numbers as N):",
+        "",
+        "| condition | clips judged | turned away | reasons |",
+        "|---|---:|---:|---|",
+    ]
+    for name, s in suit.items():
+        reasons = "; ".join(f"{why}: {count}" for why, count in s["reasons"].items()) or "-"
+        lines.append(f"| {name} | {s['clips']} | {s['turned_away']} | {reasons} |")
+    return lines
+
+
+def _flag_lines(stats: dict[str, Any]) -> list[str]:
+    flags = stats["flags"]
+    if not flags:
+        return ["No exported clip carries a cross-check flag."]
+    keys = sorted({k for f in flags.values() for k in f["instances"]}, key=_type_rank)
+    lines = [
+        "Caption-condition cross-check flags: clips flagged per check, and the instances of",
+        "each condition type whose clip carries the flag:",
+        "",
+        "| check | clips | " + " | ".join(keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    for check, f in flags.items():
+        cells = " | ".join(str(f["instances"].get(k, 0)) for k in keys)
+        lines.append(f"| {check} | {f['clips']} | {cells} |")
+    return lines
+
+
 def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
     n = stats["rows"]
     lines = [
         "# Any2CapIns-style dataset",
         "",
+        "One training instance is a clip, a condition type (or, for test compositions,",
+        "several) and a short prompt written for it; its target is the clip's six-part",
+        "structured caption. Counted as in the paper's Table 1 (identities count one",
+        "condition image per identity):",
+        "",
+        *_table_lines(stats["table"]),
+        "",
+        "## Suitability",
+        "",
+        *_suitability_lines(stats),
+        "",
+        "## Cross-checks",
+        "",
+        *_flag_lines(stats),
+        "",
+        "## About",
+        "",
         "Video clips with extracted conditions (depth, human pose, identities, camera), a",
         "six-part structured caption (dense, main object, background, camera, style, action)",
-        "and a short user-style prompt, each record checked by a person. Built with any2capins",
+        "and short user-style prompts, each record checked by a person. Built with any2capins",
         "(Any2Caption, arXiv 2503.24379, describes the format).",
         "",
-        f"- records: **{n}** in {len(manifest['shards'])} Parquet shards (zstd), schema version"
-        f" {SCHEMA_VERSION}; `_manifest.json` lists every shard with rows, bytes and sha256",
+        f"- records: **{stats['clips']}** clips as **{n}** instances (one row each) in "
+        f"{len(manifest['shards'])} Parquet shards (zstd), schema version {SCHEMA_VERSION};"
+        " `_manifest.json` lists every shard with rows, bytes and sha256",
         f"- average clip length: {stats['avg_clip_s']} s; total: {stats['total_hours']} hours",
         "",
-        "## Conditions",
+        "## Conditions carried by the rows",
         "",
         "| condition | instances | conditions |",
         "|---|---|---|",
@@ -259,7 +431,8 @@ def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
     edited = stats["edited_components"]
     lines += [
         "",
-        "Exported records whose text a reviewer changed, per field:",
+        "Exported instances whose text a reviewer changed, per field (short_prompt: the",
+        "instance's own prompt):",
         "",
         "| field | edited | rate |",
         "|---|---|---|",

@@ -93,9 +93,14 @@ def export(
         states = ", ".join(f"{k} {v}" for k, v in sorted(report.states.items())) or "none"
         err.print(f"review states: {states}; not in the review store: {report.not_in_store}")
         err.print(
-            f"exported {data['new_rows']} new records in {len(data['new_shards'])} shards "
+            f"exported {data['new_rows']} new instances in {len(data['new_shards'])} shards "
             f"({data['bytes_written'] / 2**20:.1f} MiB); {data['already_exported']} were "
-            f"already there; {data['total_rows']} records in {report.shards.shards_dir}"
+            f"already there; {data['total_rows']} instances in {report.shards.shards_dir}"
+            + (
+                f"; {data['no_instances']} accepted clips suit no condition type"
+                if data["no_instances"]
+                else ""
+            )
         )
         for orphan in data["removed_orphans"]:
             err.print(f"removed {orphan}, left by a killed export (its records went out again)")

@@ -3,7 +3,7 @@
 Work is split by Parquet row group (at most ``ROW_GROUP_ROWS`` rows; the manifest lists each
 shard's groups) across DataLoader workers and distributed ranks without overlap: with at
 least as many row groups as readers each reader takes whole groups, otherwise each takes
-every N-th row; either way every record is yielded exactly once per epoch. With
+every N-th row; either way every instance is yielded exactly once per epoch. With
 ``shuffle=True`` the groups are put in a new order each epoch (the same order in every
 reader, from ``seed`` and the epoch set by ``set_epoch``, so the split stays disjoint) and
 rows are shuffled within a buffer; without it the order is the manifest's.
@@ -69,7 +69,8 @@ def assign_units(units: list[_Unit], slot: int, readers: int) -> tuple[list[_Uni
 
 
 class ShardDataset(IterableDataset[dict[str, Any]]):
-    """Yields one dict per record: text fields, and tensors decoded from the payloads."""
+    """Yields one dict per instance (row): text fields, and tensors decoded from the
+    payloads of the keyframes and the instance's conditions."""
 
     def __init__(
         self,
@@ -175,11 +176,16 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
     def _sample(self, row: ShardRow) -> dict[str, Any]:
         sample: dict[str, Any] = {
             "clip_id": row.clip_id,
+            "instance_id": row.instance_id,
+            "condition_types": list(row.condition_types),
+            "composition": row.composition,
             "partition": row.partition,
             "short_prompt": row.short_prompt,
             "structured_caption": row.structured_caption,
             **{f"caption.{c}": getattr(row.caption, c) for c in CAPTION_COMPONENTS},
             "conditions": row.conditions.present(),
+            "suitability": {name: s.suitable for name, s in row.suitability.items()},
+            "checks": [flag.model_dump() for flag in row.checks],
         }
         if not self.decode:
             return sample

@@ -1,7 +1,7 @@
 """Export a reviewed build run: the review store decides what goes out.
 
-Only clips whose final review state is ``accepted`` or ``edited`` become rows, each from the
-record exactly as it was reviewed (the copy the store took at ingest), with the human text
+Only clips whose final review state is ``accepted`` or ``edited`` become rows (one per
+instance), each from the record exactly as it was reviewed (the copy the store took at ingest), with the human text
 winning over the machine text. Everything else is counted by state, never silently dropped.
 """
 
@@ -54,6 +54,7 @@ class RunExportReport:
             "new_shards": s.new_shards,
             "bytes_written": s.bytes_written,
             "already_exported": s.skipped_already_exported,
+            "no_instances": s.no_instances,
             "removed_orphans": s.removed_orphans,
             "incomplete": [{"clip_id": c, "why": why} for c, why in s.incomplete],
             "total_rows": s.total_rows,

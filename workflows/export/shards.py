@@ -3,10 +3,16 @@
 Commit protocol (per shard): write ``.tmp-<name>`` -> fsync -> rename to ``<name>`` -> record
 it in ``_manifest.json`` (itself replaced atomically). The manifest is the truth: a shard on
 disk that the manifest does not list is what a killed export left between its rename and
-its manifest update; the next export deletes it before doing anything else, and its records
-(not in the manifest, so not exported) go out again. Records already listed are never
-written twice: an export adds only clip ids no listed shard holds (``rewrite=True`` starts
-over and rebuilds everything deterministically). One export writes to a folder at a time
+its manifest update; the next export deletes it before doing anything else, and its rows
+(not in the manifest, so not exported) go out again. Rows already listed are never written
+twice: an export adds only instance ids no listed shard holds (``rewrite=True`` starts over
+and rebuilds everything deterministically).
+
+One row per instance: a record with instances gives one row per instance, in the partition
+named by the instance key (``camera``, ``camera+depth``); a record of a recipe without
+instance planning (``instances`` is None) gives one implicit instance over its present
+conditions. The human edits are applied by ``workflows.review.text.apply_review``, the same
+code the review store uses. One export writes to a folder at a time
 (an flock on a local disk; a second one is refused), and it first deletes temporaries a
 killed export left.
 """
@@ -26,25 +32,27 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import Storage, StorageBusy, read_payload
 from schemas import (
+    CAPTION_COMPONENTS,
     SCHEMA_VERSION,
+    Conditions,
+    PayloadRef,
     Record,
     ReviewState,
     ShardRow,
-    StructuredCaption,
     arrow_schema,
+    make_instance_id,
     payload_refs,
     to_table,
     utc_now,
 )
 from schemas._arrow import SCHEMA_VERSION_KEY
+from workflows.review.text import apply_review
 
 MANIFEST = "_manifest.json"
 FORMAT = "any2capins-shards/1"
 EXPORTED_STATES = ("accepted", "edited")
 # Rows per Parquet row group: the unit the training reader splits work by (and reads at once).
 ROW_GROUP_ROWS = 256
-# The canonical order of condition types in a partition name.
-PARTITION_ORDER = ("camera", "identities", "depth", "pose")
 
 
 class ExportError(RuntimeError):
@@ -64,7 +72,9 @@ class ExportReport:
     shards_dir: str
     new_rows: int = 0
     new_shards: list[str] = field(default_factory=list)
-    skipped_already_exported: int = 0
+    skipped_already_exported: int = 0  # instances (rows) a listed shard already holds
+    # accepted clips whose recipe planned instances but that suit no condition type
+    no_instances: int = 0
     not_exported: dict[str, int] = field(default_factory=dict)
     removed_orphans: list[str] = field(default_factory=list)
     bytes_written: int = 0
@@ -73,75 +83,147 @@ class ExportReport:
     incomplete: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PlannedInstance:
+    """What one row is about: an instance of the record (or the implicit one)."""
+
+    instance_id: str
+    condition_types: list[str]
+    composition: bool
+    short_prompt: str | None
+
+    @property
+    def partition(self) -> str:
+        return "+".join(self.condition_types) or "none"
+
+
+def instances_of(record: Record) -> list[PlannedInstance]:
+    """The record's instances, or for a recipe without instance planning (``instances`` is
+    None) one implicit instance over its present conditions with the record's prompt."""
+    if record.instances is not None:
+        return [
+            PlannedInstance(
+                i.instance_id,
+                sorted(i.condition_types),
+                i.composition or len(i.condition_types) > 1,
+                i.short_prompt,
+            )
+            for i in record.instances
+        ]
+    types = sorted(record.conditions.present())
+    return [
+        PlannedInstance(
+            make_instance_id(record.clip_id, types or ["none"]),
+            types,
+            len(types) > 1,
+            record.short_prompt,
+        )
+    ]
+
+
 def partition_of(record: Record) -> str:
-    present = record.conditions.present()
-    ordered = [c for c in PARTITION_ORDER if c in present] + sorted(
-        c for c in present if c not in PARTITION_ORDER
-    )
-    return "+".join(ordered) or "none"
+    """The partition of a record's implicit instance (its present conditions, sorted)."""
+    return "+".join(sorted(record.conditions.present())) or "none"
 
 
 class IncompleteRecord(ExportError):
-    """An accepted record that cannot become a row (no text, an unreadable payload)."""
+    """An accepted record that cannot become rows (no text, an unreadable payload)."""
 
 
-def final_text(record: Record, review: ReviewState) -> tuple[StructuredCaption, str]:
-    """The caption and short prompt after the reviewer's edits (human text wins).
-
-    A record the machine left without text can still go out when the reviewer wrote every
-    component and the short prompt."""
-    edits = review.edits
-    components = {k: v for k, v in edits.items() if k in StructuredCaption.model_fields}
-    if record.caption is None:
-        missing = [k for k in StructuredCaption.model_fields if k not in components]
-        if missing:
-            raise IncompleteRecord(
-                f"record {record.clip_id} was accepted without a machine caption and the "
-                f"review did not write {', '.join(missing)}"
-            )
-        caption = StructuredCaption.model_validate(components)
-    else:
-        caption = record.caption.model_copy(update=components)
-        caption = StructuredCaption.model_validate(caption.model_dump())
-    short_prompt = edits.get("short_prompt", record.short_prompt)
-    if short_prompt is None:
+def reviewed_record(record: Record, review: ReviewState) -> Record:
+    """The record with the reviewer's edits applied (human text wins), checked for a
+    caption. A record the machine left without text can still go out when the reviewer
+    wrote every component (and the short prompts)."""
+    try:
+        final = apply_review(record, review.edits)
+    except ValueError as e:
         raise IncompleteRecord(
-            f"record {record.clip_id} was accepted without a short prompt, machine or human"
+            f"record {record.clip_id}: the review's edits do not apply: {e}"
+        ) from e
+    if final.caption is None:
+        missing = [k for k in CAPTION_COMPONENTS if k not in review.edits]
+        raise IncompleteRecord(
+            f"record {record.clip_id} was accepted without a machine caption and the "
+            f"review did not write {', '.join(missing)}"
         )
-    return caption, short_prompt
+    return final
+
+
+def instance_conditions(conditions: Conditions, types: list[str]) -> Conditions:
+    """Only the given condition types of ``conditions`` (the others left out)."""
+    keep = set(types)
+    update: dict[str, object] = {
+        name: None for name in type(conditions).model_fields if name != "extra" and name not in keep
+    }
+    update["extra"] = {k: v for k, v in conditions.extra.items() if k in keep}
+    return conditions.model_copy(update=update)
+
+
+def shard_rows(item: Reviewed, embed: bool) -> list[ShardRow]:
+    """One row per instance of the reviewed record; raises :class:`IncompleteRecord` when
+    the caption, an instance's short prompt or a payload is missing (no row goes out then)."""
+    record, review = item.record, item.review
+    final = reviewed_record(record, review)
+    caption = final.caption
+    assert caption is not None  # reviewed_record checked it
+    machine_instances = instances_of(record)
+    rows: list[ShardRow] = []
+    cache: dict[str, bytes] = {}
+    for planned, machine in zip(instances_of(final), machine_instances, strict=True):
+        if planned.short_prompt is None:
+            raise IncompleteRecord(
+                f"record {record.clip_id} was accepted without a short prompt for "
+                f"{planned.partition}, machine or human"
+            )
+        conditions = instance_conditions(final.conditions, planned.condition_types)
+        payloads: dict[str, bytes] = {}
+        if embed:
+            refs: list[PayloadRef] = [ref for _, ref in payload_refs(final.keyframes)]
+            refs += [ref for _, ref in payload_refs(conditions)]
+            for ref in refs:
+                if ref.uri not in cache:
+                    try:
+                        cache[ref.uri] = read_payload(ref)
+                    except (OSError, ValueError) as e:
+                        raise IncompleteRecord(
+                            f"record {record.clip_id}: payload {ref.uri} cannot be read "
+                            f"({type(e).__name__}: {e})"
+                        ) from e
+                payloads[ref.uri] = cache[ref.uri]
+        edited = caption != record.caption or planned.short_prompt != machine.short_prompt
+        rows.append(
+            ShardRow(
+                clip_id=record.clip_id,
+                instance_id=planned.instance_id,
+                partition=planned.partition,
+                condition_types=planned.condition_types,
+                composition=planned.composition,
+                schema_version=record.schema_version,
+                clip=record.clip,
+                stats=record.stats,
+                keyframes=record.keyframes,
+                conditions=conditions,
+                suitability=record.suitability,
+                caption=caption,
+                short_prompt=planned.short_prompt,
+                structured_caption=caption.numbered_text(),
+                machine_caption=record.caption if edited else None,
+                machine_short_prompt=machine.short_prompt if edited else None,
+                checks=record.checks,
+                provenance=record.provenance,
+                review=review,
+                payloads=payloads,
+            )
+        )
+    return rows
 
 
 def shard_row(item: Reviewed, embed: bool) -> ShardRow:
-    record, review = item.record, item.review
-    caption, short_prompt = final_text(record, review)
-    payloads: dict[str, bytes] = {}
-    if embed:
-        for _, ref in payload_refs(record):
-            try:
-                payloads[ref.uri] = read_payload(ref)
-            except (OSError, ValueError) as e:
-                raise IncompleteRecord(
-                    f"record {record.clip_id}: payload {ref.uri} cannot be read "
-                    f"({type(e).__name__}: {e})"
-                ) from e
-    edited = caption != record.caption or short_prompt != record.short_prompt
-    return ShardRow(
-        clip_id=record.clip_id,
-        partition=partition_of(record),
-        schema_version=record.schema_version,
-        clip=record.clip,
-        stats=record.stats,
-        keyframes=record.keyframes,
-        conditions=record.conditions,
-        caption=caption,
-        short_prompt=short_prompt,
-        structured_caption=caption.numbered_text(),
-        machine_caption=record.caption if edited else None,
-        machine_short_prompt=record.short_prompt if edited else None,
-        provenance=record.provenance,
-        review=review,
-        payloads=payloads,
-    )
+    """The one row of a record with a single instance (or none planned: the implicit one)."""
+    rows = shard_rows(item, embed)
+    if len(rows) != 1:
+        raise ExportError(f"record {item.record.clip_id} has {len(rows)} instances, not one")
+    return rows[0]
 
 
 def _row_bytes(row: ShardRow) -> int:
@@ -194,11 +276,12 @@ def _listed_parquet(storage: Storage) -> Iterator[str]:
     return storage.files(".parquet")
 
 
-def exported_clip_ids(storage: Storage, manifest: Manifest) -> set[str]:
+def exported_instance_ids(storage: Storage, manifest: Manifest) -> set[str]:
     ids: set[str] = set()
     for shard in manifest.shards:
         with storage.open(shard["path"]) as f:
-            ids.update(pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist())
+            table = pq.read_table(f, columns=["instance_id"])
+            ids.update(table.column("instance_id").to_pylist())
     return ids
 
 
@@ -258,7 +341,7 @@ def _export_locked(
         if rel not in listed:
             storage.delete(rel)  # a killed export's shard that never reached the manifest
             report.removed_orphans.append(rel)
-    done = exported_clip_ids(storage, manifest)
+    done = exported_instance_ids(storage, manifest)
 
     pending: dict[str, list[ShardRow]] = defaultdict(list)
     sizes: dict[str, int] = defaultdict(int)
@@ -266,7 +349,7 @@ def _export_locked(
     not_exported: dict[str, int] = defaultdict(int)
 
     def flush(partition: str) -> None:
-        rows = sorted(pending.pop(partition), key=lambda r: r.clip_id)
+        rows = sorted(pending.pop(partition), key=lambda r: (r.clip_id, r.instance_id))
         sizes.pop(partition, None)
         data = _parquet_bytes(rows, row_group_rows)
         rel = f"{partition}/part-{manifest.next_index(partition):05d}.parquet"
@@ -296,18 +379,27 @@ def _export_locked(
         if status not in EXPORTED_STATES:
             not_exported[status] += 1
             continue
-        if item.record.clip_id in done:
-            report.skipped_already_exported += 1
+        if item.record.instances == []:
+            report.no_instances += 1
+            continue
+        # cheap: an instance id names its row whatever the review's text
+        todo = [i for i in instances_of(item.record) if i.instance_id not in done]
+        report.skipped_already_exported += len(instances_of(item.record)) - len(todo)
+        if not todo:
             continue
         try:
-            row = shard_row(item, embed_payloads)
+            rows = shard_rows(item, embed_payloads)
         except IncompleteRecord as e:
             report.incomplete.append((item.record.clip_id, str(e)))
             continue
-        pending[row.partition].append(row)
-        sizes[row.partition] += _row_bytes(row)
-        if sizes[row.partition] >= target:
-            flush(row.partition)
+        wanted = {i.instance_id for i in todo}
+        for row in rows:
+            if row.instance_id not in wanted:
+                continue
+            pending[row.partition].append(row)
+            sizes[row.partition] += _row_bytes(row)
+            if sizes[row.partition] >= target:
+                flush(row.partition)
     for partition in sorted(pending):
         flush(partition)
     if not manifest.storage.exists(MANIFEST):
@@ -357,10 +449,12 @@ def verify_shards(shards_dir: str) -> list[str]:
             problems.append(f"{rel}: schema version {version!r}, expected {SCHEMA_VERSION}")
         elif not table.schema.equals(expected_schema):
             problems.append(f"{rel}: columns differ from schema version {SCHEMA_VERSION}")
-        for clip_id in table.column("clip_id").to_pylist():
-            if clip_id in seen:
-                problems.append(f"{rel}: clip {clip_id} already in {seen[clip_id]}")
-            seen[clip_id] = rel
+        if "instance_id" not in table.column_names:
+            continue  # reported above: the columns differ
+        for instance_id in table.column("instance_id").to_pylist():
+            if instance_id in seen:
+                problems.append(f"{rel}: instance {instance_id} already in {seen[instance_id]}")
+            seen[instance_id] = rel
     for rel in _listed_parquet(storage):
         if rel not in listed:
             problems.append(f"{rel}: a shard the manifest does not list")

@@ -33,7 +33,7 @@ from workflows.review.store import (
     UserInfo,
     open_store,
 )
-from workflows.review.text import FIELDS
+from workflows.review.text import FIELDS, apply_review, field_names
 
 
 def final_states(store: ReviewStore) -> dict[str, ClipReview]:
@@ -43,8 +43,10 @@ def final_states(store: ReviewStore) -> dict[str, ClipReview]:
       ``rejected``, ``pending`` (not decided yet, including items waiting for
       adjudication: ``queue_state == "disputed"``) or ``held_back`` (not sampled by the
       policy or dropped by a skip; never exported as accepted).
-    - ``edits``: field name (the six caption components, ``short_prompt``) -> the human
-      text, only for fields a human changed, only for final states.
+    - ``edits``: field name (the six caption components; ``short_prompt`` for a record
+      without instances, ``short_prompt:<instance key>`` such as ``short_prompt:camera+depth``
+      for each instance of a record with them) -> the human text, only for fields a human
+      changed, only for final states. ``workflows.review.text.apply_review`` applies them.
     - ``reviewers``: who decided (independent reviewers, then the adjudicator).
     - ``reason`` / ``note``: the reject reason code and free text (notes on accepts too).
     - ``ingested_at`` / ``decided_at``: when the item was queued and finally decided.
@@ -56,7 +58,10 @@ def final_states(store: ReviewStore) -> dict[str, ClipReview]:
 def review_stats(store: ReviewStore) -> dict[str, Any]:
     """Review statistics of the store's run (what ``any2cap review stats --json`` prints):
     ``queue`` (state counts per condition type and ``all``), ``rates`` (accept / reject /
-    edit over independent reviews), ``edit_rate_per_component``, ``annotators`` (counts,
+    edit over independent reviews), ``edit_rate_per_component`` (the six components and one
+    ``short_prompt`` bucket: the record's prompt or any instance prompt changed),
+    ``edit_rate_per_instance`` (instance key -> share of kept reviews of items with that
+    instance that changed its prompt), ``annotators`` (counts,
     median seconds per item, items per hour of work), ``agreement`` (over items reviewed
     twice: accept/reject agreement, Cohen's kappa, per-component identical-text rate and
     mean normalised word edit distance)."""
@@ -79,6 +84,8 @@ __all__ = [
     "ReviewStore",
     "StaleVersion",
     "UserInfo",
+    "apply_review",
+    "field_names",
     "final_states",
     "load_policy",
     "open_store",

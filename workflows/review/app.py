@@ -43,15 +43,23 @@ from workflows.review.store import (
     StaleVersion,
     UserInfo,
 )
-from workflows.review.text import FIELDS, MAX_FIELD_CHARS, structural_warnings, word_count
+from workflows.review.text import (
+    FIELD_NAME_PATTERN,
+    MAX_FIELD_CHARS,
+    structural_warnings,
+    word_count,
+    word_diff,
+)
 from workflows.review.views import (
     caption_source,
     fields_of,
+    flags_of,
     media_of,
     palette_of,
     panes_of,
     provenance_of,
     resolve_media,
+    suitability_of,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -77,9 +85,10 @@ ItemId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 # Module level: FastAPI resolves these (string) annotations in the module's namespace.
 bearer = HTTPBearer(auto_error=False, description="API token from `any2cap review tokens create`")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-FieldName = Literal[
-    "dense", "main_object", "background", "camera", "style", "action", "short_prompt"
-]
+# The six components, ``short_prompt`` (a record without instances) or
+# ``short_prompt:<instance key>`` (``short_prompt:camera+depth``); the store refuses a name
+# the item's record does not have (422).
+FieldName = Annotated[str, Field(pattern=FIELD_NAME_PATTERN, max_length=1100)]
 
 
 # API models
@@ -126,6 +135,19 @@ class ReviewOut(BaseModel):
     at: datetime
 
 
+class DiffOut(BaseModel):
+    op: Literal["same", "ins", "del"]
+    text: str
+
+
+class InstanceOut(BaseModel):
+    instance_id: str
+    key: str = Field(description="the condition types joined with '+': 'camera+depth'")
+    field: str = Field(description="its edit field: 'short_prompt:camera+depth'")
+    condition_types: list[str]
+    composition: bool
+
+
 class ItemOut(BaseModel):
     id: int
     clip_id: str
@@ -137,7 +159,13 @@ class ItemOut(BaseModel):
     reviews_done: int
     conditions: list[str]
     fields: dict[str, str] = Field(description="the machine text per field")
+    instances: list[InstanceOut] = Field(
+        description="the record's instances; each one's short prompt is its own field"
+    )
     final_edits: dict[str, str]
+    final_diffs: dict[str, list[DiffOut]] = Field(
+        description="word diff, machine text -> human text, per field in final_edits"
+    )
     caption_source: str | None
     media: list[MediaOut]
     prior_reviews: list[ReviewOut]
@@ -368,7 +396,24 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
             reviews_done=view.reviews_done,
             conditions=view.record.conditions.present(),
             fields=view.machine,
+            instances=[
+                InstanceOut(
+                    instance_id=i.instance_id,
+                    key=i.key,
+                    field=f"short_prompt:{i.key}",
+                    condition_types=i.condition_types,
+                    composition=i.composition,
+                )
+                for i in view.record.instances or []
+            ],
             final_edits=view.final_edits,
+            final_diffs={
+                name: [
+                    DiffOut(op=op, text=text)
+                    for op, text in word_diff(view.machine.get(name, ""), edited)
+                ]
+                for name, edited in view.final_edits.items()
+            },
             caption_source=caption_source(view.record),
             media=[
                 MediaOut(
@@ -629,13 +674,16 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
         expected = "disputed" if view.claim_kind == "adjudication" else "pending"
         editable = view.claim_id is not None and view.state == expected
         policy = store.policy()
+        fields = fields_of(view.record, view.machine, values)
         return render(
             request,
             "review.html",
             status,
             item=view,
             record=view.record,
-            fields=fields_of(view.machine, values),
+            fields=fields,
+            flags=flags_of(view.record, fields),
+            suitability=suitability_of(view.record),
             media=media,
             source=media[0],
             keyframes=[m for m in media if m.group == "keyframes"],
@@ -648,7 +696,10 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
             editable=editable,
             error=error,
             stale=stale,
-            unsaved=values if stale and not editable else None,
+            # text for fields this record does not have (a stale form) is shown, not dropped
+            unsaved=values
+            if stale and not editable
+            else {k: v for k, v in (values or {}).items() if k not in view.machine} or None,
         )
 
     @app.get("/review/items/{item_id}", include_in_schema=False)
@@ -663,10 +714,11 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
         data = {k: v for k, v in form.items() if isinstance(v, str)}
         check_csrf(request, data.get("csrf", ""))
         action = data.get("action", "")
+        # every field the form sent; the store refuses names the item's record lacks
         values = {
-            name: data[f"field_{name}"].replace("\r\n", "\n")
-            for name in FIELDS
-            if f"field_{name}" in data
+            key.removeprefix("field_"): value.replace("\r\n", "\n")
+            for key, value in data.items()
+            if key.startswith("field_")
         }
         try:
             version = int(data.get("version", ""))
@@ -689,7 +741,9 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
                     )
                 elif action == "accept":
                     machine = view.machine
-                    changed = {k: v for k, v in values.items() if v.strip() != machine[k].strip()}
+                    changed = {
+                        k: v for k, v in values.items() if v.strip() != machine.get(k, "").strip()
+                    }
                     store.decide(
                         user,
                         item_id,
@@ -739,7 +793,7 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/dashboard", include_in_schema=False)
     def dashboard(request: Request, user: UserInfo = reviewer_page) -> Response:
-        return render(request, "dashboard.html", stats=store.stats(), fields=FIELDS)
+        return render(request, "dashboard.html", stats=store.stats())
 
     @app.get("/admin", include_in_schema=False)
     def admin(request: Request, user: UserInfo = admin_page) -> Response:

@@ -70,10 +70,15 @@ from workflows.review.models import (
 from workflows.review.policy import ReviewPolicy
 from workflows.review.text import (
     FIELDS,
+    PROMPT,
     apply_edits,
     check_text,
+    field_names,
+    instance_key,
+    is_prompt,
     machine_texts,
     normalized_distance,
+    unknown_fields,
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -211,8 +216,9 @@ class ClipReview:
     ``state`` is one of ``accepted``, ``rejected``, ``edited`` (final), ``pending`` (not yet
     decided, including items waiting for adjudication: see ``queue_state``) or ``held_back``
     (not sampled by the policy, or dropped by a skip: never accepted without a human).
-    ``edits`` holds the human text per edited field (caption component names and
-    ``short_prompt``); fields not in it keep the machine text.
+    ``edits`` holds the human text per edited field (caption component names, and
+    ``short_prompt`` or, for a record with instances, ``short_prompt:<instance key>``);
+    fields not in it keep the machine text.
     """
 
     clip_id: str
@@ -1093,17 +1099,22 @@ class ReviewStore:
     ) -> DecisionResult:
         """Record ``user``'s decision on a leased item.
 
-        ``edits`` maps field names (the six components and ``short_prompt``) to new text;
-        text equal to the machine's is dropped, and an edit that changes nothing is an
-        accept. ``version`` must be the item's current version: a decision taken on an older
+        ``edits`` maps field names to new text: the six components, and ``short_prompt``
+        for a record without instances or ``short_prompt:<instance key>`` (e.g.
+        ``short_prompt:camera+depth``) for each instance of a record with them; any other
+        name is refused (:class:`Invalid`). Text equal to the machine's is dropped, and an
+        edit that changes nothing is an accept. ``version`` must be the item's current version: a decision taken on an older
         state is refused with :class:`StaleVersion`, never applied over a newer one.
         """
         if decision not in ("accept", "reject", "edit"):
             raise Invalid(f"decision must be accept, reject or edit, not {decision!r}")
         edits = dict(edits or {})
         for name, value in edits.items():
-            if name not in FIELDS:
-                raise Invalid(f"unknown field {name!r}; fields are {', '.join(FIELDS)}")
+            if name not in FIELDS and instance_key(name) is None:
+                raise Invalid(
+                    f"unknown field {name!r}; fields are {', '.join(FIELDS)} or "
+                    "short_prompt:<instance key> for a record with instances"
+                )
             try:
                 check_text(value, name)
             except ValueError as e:
@@ -1131,6 +1142,12 @@ class ReviewStore:
                 raise Conflict(f"item {item_id} is {item.state}, nothing to decide")
             policy = self._policy(s)
             record = Record.model_validate_json(item.record_json)
+            unknown = unknown_fields(record, list(edits))
+            if unknown:
+                raise Invalid(
+                    f"item {item_id} has no field {', '.join(map(repr, unknown))}; its fields "
+                    f"are {', '.join(field_names(record))}"
+                )
             machine = machine_texts(record)
             changed = {k: v.strip() for k, v in edits.items() if v.strip() != machine[k].strip()}
             if decision == "reject":
@@ -1148,7 +1165,7 @@ class ReviewStore:
                 if decision == "edit" and not changed:
                     decision = "accept"
                 final = apply_edits(machine, changed)
-                empty = [k for k in FIELDS if not final[k].strip()]
+                empty = [k for k in machine if not final[k].strip()]
                 if empty:
                     missing = "no caption" if record.caption is None else "empty fields"
                     raise Invalid(
@@ -1218,7 +1235,7 @@ class ReviewStore:
             self._dispute(s, item, "accept/reject disagreement")
             return
         texts = [apply_edits(machine, json.loads(r.edits_json)) for r, _ in rows]
-        for name in FIELDS:
+        for name in machine:
             for other in texts[1:]:
                 if normalized_distance(texts[0][name], other[name]) > policy.edit_tolerance:
                     self._dispute(s, item, f"{name} texts differ")
@@ -1400,6 +1417,21 @@ class ReviewStore:
                 ).all()
             yield from ((clip_id, record_json) for clip_id, record_json in rows)
 
+    def _instance_keys(self, item_ids: set[int]) -> dict[int, list[str]]:
+        """Instance keys (``camera``, ``camera+depth``) of the given items' records."""
+        out: dict[int, list[str]] = {}
+        wanted = sorted(item_ids)
+        for start in range(0, len(wanted), 500):
+            with self._read() as s:
+                for item_id, raw in s.execute(
+                    select(Item.id, Item.record_json).where(
+                        Item.id.in_(wanted[start : start + 500])
+                    )
+                ):
+                    instances = json.loads(raw).get("instances") or []
+                    out[item_id] = ["+".join(i["condition_types"]) for i in instances]
+        return out
+
     def stats(self) -> dict[str, Any]:
         """Queue sizes, throughput, decision and edit rates, and inter-reviewer agreement."""
         run = self._bound()
@@ -1473,11 +1505,31 @@ class ReviewStore:
         n = len(independent)
         decisions = Counter(r.decision for r in independent)
         kept = [r for r in independent if r.decision != "reject"]
+        kept_edits = [(r.item_id, set(json.loads(r.edits_json))) for r in kept]
+        # One ``short_prompt`` bucket: a kept review that changed the record's prompt (a
+        # record without instances) or any of its instances' prompts.
         edit_rate = {
-            c: round(sum(c in json.loads(r.edits_json) for r in kept) / len(kept), 4)
+            c: round(
+                sum(any(is_prompt(k) for k in e) if c == PROMPT else c in e for _, e in kept_edits)
+                / len(kept),
+                4,
+            )
             if kept
             else None
             for c in FIELDS
+        }
+        # Per instance key: kept reviews of items with that instance that changed its prompt.
+        keys = self._instance_keys({item_id for item_id, _ in kept_edits})
+        per_key: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for item_id, e in kept_edits:
+            for key in keys.get(item_id, []):
+                per_key[key][0] += f"{PROMPT}:{key}" in e
+                per_key[key][1] += 1
+        edit_rate_instances = {
+            key: round(edited / total, 4)
+            for key, (edited, total) in sorted(
+                per_key.items(), key=lambda kv: (kv[0].count("+"), kv[0])
+            )
         }
         return {
             "run": run.run_key,
@@ -1491,6 +1543,7 @@ class ReviewStore:
                 d: round(decisions[d] / n, 4) if n else None for d in ("accept", "reject", "edit")
             },
             "edit_rate_per_component": edit_rate,
+            "edit_rate_per_instance": edit_rate_instances,
             "annotators": dict(sorted(people.items())),
             "agreement": _agreement({i: by_item[i] for i in overlap_ids}, machine),
         }
@@ -1514,13 +1567,17 @@ def _agreement(
     kappa = None if chance >= 1 else round((agree - chance) / (1 - chance), 4)
     components: dict[str, dict[str, Any]] = {}
     both_kept = [(a, b) for a, b in pairs if keep(a) and keep(b)]
+    # Every instance prompt of an item is one more pair in the ``short_prompt`` bucket.
+    by_field: dict[str, list[float]] = {name: [] for name in FIELDS}
+    for a, b in both_kept:
+        texts = machine.get(a.item_id, dict.fromkeys(FIELDS, ""))
+        ta = apply_edits(texts, json.loads(a.edits_json))
+        tb = apply_edits(texts, json.loads(b.edits_json))
+        for name in texts:
+            bucket = PROMPT if is_prompt(name) else name
+            by_field[bucket].append(normalized_distance(ta[name], tb[name]))
     for name in FIELDS:
-        distances = []
-        for a, b in both_kept:
-            texts = machine.get(a.item_id, dict.fromkeys(FIELDS, ""))
-            ta = apply_edits(texts, json.loads(a.edits_json))[name]
-            tb = apply_edits(texts, json.loads(b.edits_json))[name]
-            distances.append(normalized_distance(ta, tb))
+        distances = by_field[name]
         components[name] = {
             "pairs": len(distances),
             "identical": round(sum(d == 0 for d in distances) / len(distances), 4)

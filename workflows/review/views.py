@@ -1,5 +1,7 @@
 """What the review screen shows for a record: its media files (and which of them may be
-served), one pane per condition present, a camera trajectory plot, and the provenance.
+served), one pane per condition present, a camera trajectory plot, the editable fields (with
+each instance's condition types and the cross-check flags), the clip's suitability per
+condition type, and the provenance.
 
 Everything here is data for templates; escaping is the templates' job (autoescape on).
 """
@@ -19,9 +21,16 @@ import numpy as np
 from pydantic import BaseModel
 
 from pipeline.storage import read_payload
-from schemas import PayloadRef, Record, payload_refs
+from schemas import CaptionFlag, PayloadRef, Record, payload_refs
 from workflows.review.store import Forbidden, NotFound
-from workflows.review.text import FIELD_TITLES, FIELDS, structural_warnings, word_count
+from workflows.review.text import (
+    PROMPT,
+    field_title,
+    is_prompt,
+    prompt_field,
+    structural_warnings,
+    word_count,
+)
 
 # Served with their own type; anything else goes out as a download (an HTML or SVG file in
 # the artifact store must never run in the app's origin).
@@ -87,6 +96,18 @@ class Pane:
 
 
 @dataclass
+class FlagView:
+    """A cross-check flag on a field: the check, what a condition measured, and the
+    caption's words that disagree (``found``: they occur in the field's machine text)."""
+
+    check: str
+    component: str
+    fact: str
+    words: str
+    found: bool
+
+
+@dataclass
 class FieldView:
     name: str
     number: int
@@ -95,6 +116,25 @@ class FieldView:
     value: str
     words: int
     warnings: list[str]
+    dom_id: str = ""
+    condition_types: list[str] = field(default_factory=list)
+    composition: bool = False
+    flags: list[FlagView] = field(default_factory=list)
+    # the machine text in pieces, (text, flagged) for each, when a flag's words occur in it
+    marked: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def is_prompt(self) -> bool:
+        return is_prompt(self.name)
+
+
+@dataclass
+class SuitabilityView:
+    condition: str
+    suitable: bool
+    reason: str
+    measured: list[tuple[str, str]]
+    thresholds: list[tuple[str, str]]
 
 
 def _summaries(record: Record) -> list[tuple[str, Any]]:
@@ -281,23 +321,117 @@ def camera_plot(record: Record, size: float = 200.0, pad: float = 16.0) -> Plot 
     )
 
 
-def fields_of(machine: dict[str, str], values: dict[str, str] | None = None) -> list[FieldView]:
+def dom_id(name: str) -> str:
+    """An element id for a field (``short_prompt:camera+depth`` -> ``short_prompt-camera_depth``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name.replace("+", "_"))
+
+
+def mark_words(text: str, phrases: list[str]) -> list[tuple[str, bool]]:
+    """``text`` cut into pieces, each with whether it is one of ``phrases`` (any case)."""
+    wanted = [p.strip() for p in phrases if p.strip()]
+    if not wanted or not text:
+        return [(text, False)] if text else []
+    pattern = re.compile(
+        "|".join(re.escape(p) for p in sorted(wanted, key=len, reverse=True)), re.IGNORECASE
+    )
+    pieces: list[tuple[str, bool]] = []
+    at = 0
+    for m in pattern.finditer(text):
+        if m.start() > at:
+            pieces.append((text[at : m.start()], False))
+        pieces.append((m.group(0), True))
+        at = m.end()
+    if at < len(text):
+        pieces.append((text[at:], False))
+    return pieces
+
+
+def _flags_for(name: str, checks: list[CaptionFlag]) -> list[CaptionFlag]:
+    """The flags on a field: its component's, and for prompt fields those on
+    ``short_prompt`` (all prompts) or on this very prompt field."""
+    return [f for f in checks if f.component == name or (f.component == PROMPT and is_prompt(name))]
+
+
+def fields_of(
+    record: Record, machine: dict[str, str], values: dict[str, str] | None = None
+) -> list[FieldView]:
+    """The record's editable fields: the six components, then each instance's short prompt
+    with its condition types (or the record's one short prompt without instances)."""
     values = values or {}
+    instances = {prompt_field(i): i for i in record.instances or []}
     out = []
-    for number, name in enumerate(FIELDS, 1):
+    for number, name in enumerate(machine, 1):
         value = values.get(name, machine[name])
-        out.append(
-            FieldView(
-                name=name,
-                number=number,
-                title=FIELD_TITLES[name],
-                machine=machine[name],
-                value=value,
-                words=word_count(value),
-                warnings=structural_warnings(name, value) if value or machine[name] else ["empty"],
-            )
+        view = FieldView(
+            name=name,
+            number=number,
+            title=field_title(name),
+            machine=machine[name],
+            value=value,
+            words=word_count(value),
+            warnings=structural_warnings(name, value) if value or machine[name] else ["empty"],
+            dom_id=dom_id(name),
         )
+        instance = instances.get(name)
+        if instance is not None:
+            view.condition_types = list(instance.condition_types)
+            view.composition = instance.composition or len(instance.condition_types) > 1
+        flags = _flags_for(name, record.checks)
+        if flags:
+            lowered = machine[name].lower()
+            view.flags = [
+                FlagView(
+                    check=f.check,
+                    component=f.component,
+                    fact=f.fact,
+                    words=f.words,
+                    found=bool(f.words.strip()) and f.words.strip().lower() in lowered,
+                )
+                for f in flags
+            ]
+            view.marked = mark_words(machine[name], [f.words for f in flags])
+        out.append(view)
     return out
+
+
+def flags_of(record: Record, fields: list[FieldView]) -> list[tuple[FlagView, FieldView | None]]:
+    """Every cross-check flag of the record with the field it points at (None: no field
+    of this record has the flag's component)."""
+    by_name = {f.name: f for f in fields}
+    out: list[tuple[FlagView, FieldView | None]] = []
+    for flag in record.checks:
+        target = by_name.get(flag.component)
+        if target is None and flag.component == PROMPT:
+            target = next((f for f in fields if f.is_prompt), None)
+        view = next(
+            (
+                v
+                for v in (target.flags if target else [])
+                if v.check == flag.check and v.words == flag.words
+            ),
+            FlagView(flag.check, flag.component, flag.fact, flag.words, False),
+        )
+        out.append((view, target))
+    return out
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def suitability_of(record: Record) -> list[SuitabilityView]:
+    """The clip's suitability per condition type: suitable or not, why, and the values the
+    rule measured with the recipe's limits (as text, never Python reprs)."""
+    return [
+        SuitabilityView(
+            condition=name,
+            suitable=s.suitable,
+            reason=s.reason,
+            measured=[(k, _number(v)) for k, v in sorted(s.measured.items())],
+            thresholds=[(k, _number(v)) for k, v in sorted(s.thresholds.items())],
+        )
+        for name, s in sorted(record.suitability.items())
+    ]
 
 
 def provenance_of(record: Record) -> list[dict[str, Any]]:

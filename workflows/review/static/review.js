@@ -288,7 +288,7 @@
 
   function undoField() {
     const i = lastField;
-    if (i === null || !editable) { say("Focus a field first (1-7)."); return; }
+    if (i === null || !editable) { say("Focus a field first (1-9)."); return; }
     areas[i].value = areas[i].dataset.machine || "";
     refresh(fields[i], areas[i], true);
     updateAcceptLabel();
@@ -350,7 +350,7 @@
   // ---- keyboard ----
   document.addEventListener("keydown", (e) => {
     const typing = isTyping(document.activeElement);
-    if (e.altKey && /^[1-7]$/.test(e.key)) { focusField(parseInt(e.key, 10)); e.preventDefault(); return; }
+    if (e.altKey && /^[1-9]$/.test(e.key)) { focusField(parseInt(e.key, 10)); e.preventDefault(); return; }
     if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { if (click("btn-accept")) e.preventDefault(); return; }
     if (e.key === "Escape") {
       if (help && !help.hidden) toggleHelp(false);
@@ -379,7 +379,7 @@
       "]": () => changeSpeed(1),
       o: () => toggleOverlay(),
     };
-    if (/^[1-7]$/.test(key)) { focusField(parseInt(key, 10)); e.preventDefault(); return; }
+    if (/^[1-9]$/.test(key)) { focusField(parseInt(key, 10)); e.preventDefault(); return; }
     const fn = actions[key];
     if (fn) { e.preventDefault(); fn(); }
   });
