@@ -340,7 +340,7 @@ def review_and_export(run: Path, shards: Path, records: dict[str, Record]) -> No
 
 @pytest.mark.slow
 def test_any2capins_recipe_on_local_ray(
-    tiny_models: None, demo_clips: Path, tmp_path: Path
+    ray_session: None, tiny_models: None, demo_clips: Path, tmp_path: Path
 ) -> None:
     """The shipped recipe on the default local Ray (its pools fitted to this 2-core machine)
     against the test endpoint, then the plain loop: the same plan. (The prompts may differ:
