@@ -213,7 +213,9 @@ def test_api_edits_an_instance_prompt_and_returns_the_diff(
         )
         assert r.status_code == 422, (name, r.text)
     r = client.post(url, headers=ann, json={"decision": "edit", "version": 1, "edits": {}})
-    assert r.status_code == 200 and r.json()["decision"] == "accept"  # nothing changed
+    assert r.status_code == 422 and "use accept" in r.json()["detail"]  # nothing changed
+    r = client.post(url, headers=ann, json={"decision": "accept", "version": 1})
+    assert r.status_code == 200 and r.json()["decision"] == "accept"
 
     item = client.post("/api/claim", headers=ann).json()
     url = f"/api/items/{item['id']}/decision"

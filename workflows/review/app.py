@@ -5,6 +5,11 @@ Pages authenticate with a session cookie (HttpOnly, SameSite=Strict) and check a
 on every POST; the API takes ``Authorization: Bearer <token>`` (or the session cookie plus an
 ``X-CSRF-Token`` header, which is how the page's own JavaScript calls it). Every endpoint
 checks the caller's role.
+
+Hostile clients: request bodies have a size limit (413 from the Content-Length header before
+anything is read; a chunked body is read only until it passes the limit), and a request that
+may carry a body is refused for missing credentials before one byte of it is read. Logins are
+throttled per account and per client address in the store (``LoginLimits``).
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 
 from workflows.review import auth
 from workflows.review.store import (
@@ -41,6 +49,7 @@ from workflows.review.store import (
     ReviewError,
     ReviewStore,
     StaleVersion,
+    Throttled,
     UserInfo,
 )
 from workflows.review.text import (
@@ -66,6 +75,12 @@ HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "a2c_session"
 LOGIN_COOKIE = "a2c_login"
 MAX_ID = 2**31 - 1
+MB = 1 << 20
+# The largest legitimate body, a decision editing every field of a record with many instances
+# in non-ASCII text as a form, stays under 4 MB.
+DEFAULT_MAX_BODY_MB = 8.0
+# Where the gate in front of the app finds the API caller it already looked up.
+_PRINCIPAL_KEY = "a2c_api_principal"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "media-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -93,7 +108,8 @@ FieldName = Annotated[str, Field(pattern=FIELD_NAME_PATTERN, max_length=1100)]
 
 # API models
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: ``"version": true`` or ``"1"`` is a 422, never version 1.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class DecisionIn(_In):
@@ -252,8 +268,149 @@ class SecurityHeaders:
         await self.app(scope, receive, wrapped)
 
 
-def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
-    """The app for one store bound to a run. ``secure_cookies`` for HTTPS deployments."""
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive`` once a body passes the limit. An HTTPException, so FastAPI's
+    body reading passes it on (not a 400) and its handler answers JSON."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large(limit), headers={"Connection": "close"})
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is over this server's limit of {limit / MB:g} MB"
+
+
+async def _send_json(send: Any, status: int, detail: str, headers: list[Any] | None = None) -> None:
+    body = JSONResponse({"detail": detail}).body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a request body over ``max_bytes`` is refused with 413. A declared
+    Content-Length over the limit is answered before anything is read; otherwise ``receive``
+    counts the bytes and stops the app once they pass the limit (chunked bodies)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", ()):
+            # (the server has already refused a malformed Content-Length with 400)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _send_json(send, 413, _too_large(limit), [(b"connection", b"close")])
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> MutableMapping[str, Any]:
+            nonlocal received
+            message: MutableMapping[str, Any] = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    if started:  # too late for a 413: the app sees the client leave
+                        return {"type": "http.disconnect"}
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracked_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await _send_json(send, 413, _too_large(limit), [(b"connection", b"close")])
+
+
+class CredentialsFirst:
+    """Pure ASGI middleware: a request that may carry a body (any method but GET, HEAD and
+    OPTIONS) to the API or to a page needing a login is refused before one byte of its body
+    is read when its credentials are missing or wrong: 401 for the API, the login page for
+    the pages. (FastAPI reads a body before it solves the dependencies that check the
+    caller.) The API caller found is kept in the scope for the endpoint's own check."""
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        api_principal: Callable[[str | None, str | None], tuple[UserInfo | None, str | None]],
+        page_principal: Callable[[str | None], tuple[UserInfo, str] | None],
+    ) -> None:
+        self.app = app
+        self.api_principal = api_principal
+        self.page_principal = page_principal
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        conn = HTTPConnection(scope)
+        session_id = conn.cookies.get(SESSION_COOKIE)
+        # An unread body would still be received (and dropped) after the answer: close the
+        # connection instead.
+        length = conn.headers.get("content-length", "0")
+        close = (
+            [(b"connection", b"close")]
+            if "transfer-encoding" in conn.headers or length != "0"
+            else []
+        )
+        if path.startswith("/api/"):
+            found = await run_in_threadpool(
+                self.api_principal, conn.headers.get("authorization"), session_id
+            )
+            if found[0] is None:
+                await _send_json(
+                    send, 401, _LOGIN_FIRST, [(b"www-authenticate", b"Bearer"), *close]
+                )
+                return
+            scope.setdefault("state", {})[_PRINCIPAL_KEY] = found
+        elif (path == "/logout" or path.startswith(("/review/", "/admin/"))) and (
+            await run_in_threadpool(self.page_principal, session_id) is None
+        ):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [(b"location", b"/login"), (b"content-length", b"0"), *close],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
+
+
+_LOGIN_FIRST = "log in or send Authorization: Bearer <token>"
+
+
+def create_app(
+    store: ReviewStore,
+    *,
+    secure_cookies: bool = False,
+    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * MB),
+) -> FastAPI:
+    """The app for one store bound to a run. ``secure_cookies`` for HTTPS deployments;
+    ``max_body_bytes``: request bodies over it are refused (413)."""
     run = store.run
     if run is None:
         raise Invalid("the review app serves one run: open the store with a run directory")
@@ -264,6 +421,28 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
         docs_url=None,  # the Swagger page loads scripts from a CDN, which the CSP forbids
         redoc_url=None,
     )
+
+    # who is calling
+    def api_principal(
+        authorization: str | None, session_id: str | None
+    ) -> tuple[UserInfo | None, str | None]:
+        """(user, None) for a bearer token; (user, csrf) for a session cookie."""
+        scheme, token = get_authorization_scheme_param(authorization)
+        if authorization and scheme.lower() == "bearer" and token:
+            return store.user_for_token(token), None
+        if session_id:
+            found = store.session_user(session_id)
+            if found is not None:
+                return found
+        return None, None
+
+    def page_principal(session_id: str | None) -> tuple[UserInfo, str] | None:
+        return store.session_user(session_id) if session_id else None
+
+    # Last added runs first: security headers on every answer, then the body limit, then
+    # credentials before any body is read.
+    app.add_middleware(CredentialsFirst, api_principal=api_principal, page_principal=page_principal)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     env = Environment(
@@ -286,18 +465,17 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
         }
         return HTMLResponse(env.get_template(name).render(**ctx), status_code=code)
 
-    # who is calling
     def principal(
         request: Request, creds: HTTPAuthorizationCredentials | None
     ) -> tuple[UserInfo | None, str | None]:
-        if creds is not None:
-            return store.user_for_token(creds.credentials), None
-        session_id = request.cookies.get(SESSION_COOKIE)
-        if session_id:
-            found = store.session_user(session_id)
-            if found is not None:
-                return found
-        return None, None
+        found: tuple[UserInfo | None, str | None] | None = request.scope.get("state", {}).get(
+            _PRINCIPAL_KEY
+        )
+        if found is not None:  # CredentialsFirst looked it up from the same headers
+            return found
+        return api_principal(
+            request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE)
+        )
 
     def api_user(role: str) -> Callable[..., UserInfo]:
         def dependency(
@@ -306,7 +484,7 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
         ) -> UserInfo:
             user, csrf = principal(request, creds)
             if user is None:
-                raise _APIError(401, "log in or send Authorization: Bearer <token>")
+                raise _APIError(401, _LOGIN_FIRST)
             if csrf is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
                 sent = request.headers.get("x-csrf-token", "")
                 if not auth.same(sent, csrf):
@@ -354,7 +532,7 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
         body: dict[str, Any] = {"detail": str(exc)}
         if isinstance(exc, StaleVersion):
             body["current_version"] = exc.current_version
-        if request.url.path.startswith("/api/"):
+        if request.url.path.startswith(("/api/", "/media/")):
             return JSONResponse(body, status_code=exc.status)
         return render(request, "error.html", exc.status, message=str(exc), status=exc.status)
 
@@ -610,7 +788,13 @@ def create_app(store: ReviewStore, *, secure_cookies: bool = False) -> FastAPI:
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not auth.same(csrf, expected):
             raise _HTMLError(403, "The login form expired: reload the page and try again.")
-        user = store.authenticate(name, password)
+        address = request.client.host if request.client else None
+        try:
+            user = store.authenticate(name, password, address=address)
+        except Throttled as e:
+            refused = render(request, "login.html", 429, login_csrf=expected, error=str(e))
+            refused.headers["Retry-After"] = str(e.retry_after)
+            return refused
         if user is None:
             return render(
                 request, "login.html", 401, login_csrf=expected, error="Wrong name or password."

@@ -94,11 +94,20 @@ def serve(
     secure_cookies: Annotated[
         bool, typer.Option(help="mark cookies Secure (behind an HTTPS proxy)")
     ] = False,
+    max_body_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-body-mb",
+            min=0.01,
+            max=4096,
+            help="refuse request bodies over this many MiB (413)",
+        ),
+    ] = 8.0,
 ) -> None:
     """Serve the review app for RUN_DIR (ingests new records first)."""
     import uvicorn
 
-    from workflows.review.app import create_app
+    from workflows.review.app import MB, create_app
 
     store = _open(run, db, policy)
     if ingest:
@@ -110,7 +119,7 @@ def serve(
         )
     err.print(f"review app on http://{host}:{port}/ (store: {store.engine.url.render_as_string()})")
     uvicorn.run(
-        create_app(store, secure_cookies=secure_cookies),
+        create_app(store, secure_cookies=secure_cookies, max_body_bytes=int(max_body_mb * MB)),
         host=host,
         port=port,
         log_level="warning",

@@ -1,5 +1,5 @@
 """The review store's tables (SQLAlchemy 2 ORM): runs, items, claims, reviews, users, tokens,
-browser sessions and the append-only audit trail.
+browser sessions, login throttling and the append-only audit trail.
 
 The schema itself is created by the Alembic migrations in ``migrations/``; these classes must
 match them (a test compares the two).
@@ -183,6 +183,22 @@ class WebSession(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LoginThrottle(Base):
+    """Failed logins per account name and per client address (``kind``), shared by every
+    server process on the store: the window's failures (attempts in flight included),
+    the lockouts so far and the end of the current one."""
+
+    __tablename__ = "login_throttle"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # account | address
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    lockouts: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class AuditEntry(Base):

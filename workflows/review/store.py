@@ -15,6 +15,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import threading
@@ -47,6 +48,8 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -62,6 +65,7 @@ from workflows.review.models import (
     AuditEntry,
     Claim,
     Item,
+    LoginThrottle,
     Review,
     Run,
     User,
@@ -117,6 +121,42 @@ class StaleVersion(Conflict):
 
 class Invalid(ReviewError):
     status = 422
+
+
+class Throttled(ReviewError):
+    """Too many failed logins for the account or from the address: ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        wait = f"{retry_after} s" if retry_after < 120 else f"{math.ceil(retry_after / 60)} min"
+        super().__init__(
+            f"Too many failed logins for this account or from this address: try again in "
+            f"{wait} (an admin can reset the password with `any2cap review users passwd`)."
+        )
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """Login throttling: ``account_failures`` failed logins for one account name (or
+    ``address_failures`` from one client address) within ``window`` lock it out for
+    ``first_lockout``, doubled on each further lockout up to ``max_lockout``. A lockout
+    refuses every attempt, the right password included. Counters live in the store, so
+    every server process on it shares them; a day without failures forgets them."""
+
+    account_failures: int = 5
+    address_failures: int = 20
+    window: timedelta = timedelta(minutes=10)
+    first_lockout: timedelta = timedelta(minutes=1)
+    max_lockout: timedelta = timedelta(hours=1)
+    forget_after: timedelta = timedelta(hours=24)
+
+    def limit(self, kind: str) -> int:
+        return self.account_failures if kind == "account" else self.address_failures
+
+    def lockout(self, lockouts: int) -> timedelta:
+        return min(self.first_lockout * (1 << min(lockouts, 30)), self.max_lockout)
 
 
 @dataclass(frozen=True)
@@ -431,6 +471,7 @@ class ReviewStore:
         # SQLite serialises writers anyway; queueing them on a lock in this process avoids
         # SQLite's busy-wait backoff, which starves unlucky writers under load (p95).
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self.login_limits = LoginLimits()
 
     @property
     def dialect(self) -> str:
@@ -671,6 +712,8 @@ class ReviewStore:
             or not name.replace("-", "").replace("_", "").replace(".", "").isalnum()
         ):
             raise Invalid("user names are 1-100 letters, digits, '-', '_' or '.'")
+        if password is not None:
+            auth.check_new_password(password, name)
         hashed = auth.hash_password(password) if password is not None else None
         with self._write() as s:
             if s.scalar(select(User.id).where(User.name == name)) is not None:
@@ -685,6 +728,8 @@ class ReviewStore:
 
     @_retrying
     def set_password(self, name: str, password: str, actor: str = "admin-cli") -> None:
+        """Set ``name``'s password; ends their sessions and lifts their account's lockout."""
+        auth.check_new_password(password, name)
         hashed = auth.hash_password(password)
         with self._write() as s:
             user = s.scalar(select(User).where(User.name == name))
@@ -692,6 +737,11 @@ class ReviewStore:
                 raise NotFound(f"no user {name!r}")
             user.password_hash = hashed
             s.execute(delete(WebSession).where(WebSession.user_id == user.id))
+            s.execute(
+                delete(LoginThrottle).where(
+                    LoginThrottle.kind == "account", LoginThrottle.subject == name
+                )
+            )
             self._audit(s, actor, "user_password", after={"user": name})
 
     def users(self) -> list[tuple[UserInfo, bool]]:
@@ -701,13 +751,125 @@ class ReviewStore:
                 for u in s.scalars(select(User).order_by(User.name))
             ]
 
-    def authenticate(self, name: str, password: str) -> UserInfo | None:
-        with self._read() as s:
-            user = s.scalar(select(User).where(User.name == name))
-        stored = user.password_hash if user is not None and not user.disabled else None
-        if not auth.verify_password(stored, password) or user is None:
+    def authenticate(self, name: str, password: str, address: str | None = None) -> UserInfo | None:
+        """The user whose name and password these are, else None; throttled per account name
+        and per client ``address`` (:class:`LoginLimits`): raises :class:`Throttled` while
+        either is locked out (the right password included) and on the failure that locks
+        it. Failed logins and lockouts are audited."""
+        keys = [("account", name[:200])]
+        if address:
+            keys.append(("address", address[:200]))
+        # Each attempt is counted before its password is checked, so a burst of parallel
+        # guesses (or several server processes) cannot get past the limit.
+        self._login_reserve(keys)
+        try:
+            with self._read() as s:
+                user = s.scalar(select(User).where(User.name == name))
+            stored = user.password_hash if user is not None and not user.disabled else None
+            ok = auth.verify_password(stored, password) and user is not None
+        except BaseException:
+            self._login_settle(keys, None, name, address)
+            raise
+        if not ok or user is None:
+            self._login_settle(keys, False, name, address)
             return None
+        self._login_settle(keys, True, name, address)
         return UserInfo(user.id, user.name, user.role)
+
+    def _throttle_rows(
+        self, s: Session, keys: list[tuple[str, str]], now: datetime
+    ) -> list[LoginThrottle]:
+        """The throttle rows of ``keys``, created as needed and locked (in key order)."""
+        insert: Callable[..., Any] = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        for kind, subject in sorted(keys):
+            s.execute(
+                insert(LoginThrottle)
+                .values(kind=kind, subject=subject, failures=0, window_start=now, lockouts=0)
+                .on_conflict_do_nothing()
+            )
+        wanted = or_(*(and_(LoginThrottle.kind == k, LoginThrottle.subject == v) for k, v in keys))
+        return list(
+            s.scalars(
+                select(LoginThrottle)
+                .where(wanted)
+                .order_by(LoginThrottle.kind, LoginThrottle.subject)
+                .with_for_update()
+            )
+        )
+
+    @_retrying
+    def _login_reserve(self, keys: list[tuple[str, str]]) -> None:
+        limits = self.login_limits
+        now = utc_now()
+        with self._write() as s:
+            rows = self._throttle_rows(s, keys, now)
+            wait = 0.0
+            for row in rows:
+                if row.locked_until is not None and row.locked_until > now:
+                    wait = max(wait, (row.locked_until - now).total_seconds())
+                elif now - row.window_start >= limits.window:
+                    row.failures, row.window_start = 0, now
+                elif row.failures >= limits.limit(row.kind):
+                    # the window's budget is taken by attempts still in flight
+                    wait = max(wait, limits.lockout(row.lockouts).total_seconds())
+            if wait:
+                raise Throttled(max(1, math.ceil(wait)))
+            for row in rows:
+                row.failures += 1
+
+    @_retrying
+    def _login_settle(
+        self, keys: list[tuple[str, str]], ok: bool | None, name: str, address: str | None
+    ) -> None:
+        """Settle a reserved attempt: ``ok`` True (success), False (wrong name or password),
+        None (not checked: an error)."""
+        limits = self.login_limits
+        now = utc_now()
+        locked: list[tuple[LoginThrottle, timedelta]] = []
+        with self._write() as s:
+            rows = self._throttle_rows(s, keys, now)
+            for row in rows:
+                if ok is None or (ok and row.kind == "address"):
+                    row.failures = max(0, row.failures - 1)
+                elif ok:
+                    row.failures, row.lockouts, row.locked_until = 0, 0, None
+                else:
+                    row.last_failure_at = now
+                    if row.failures >= limits.limit(row.kind):
+                        length = limits.lockout(row.lockouts)
+                        row.locked_until = now + length
+                        row.lockouts += 1
+                        row.failures, row.window_start = 0, now
+                        locked.append((row, length))
+            if ok is False:
+                actor = name[:100] or "?"
+                self._audit(s, actor, "login_failed", after={"user": name, "address": address})
+                for row, length in locked:
+                    self._audit(
+                        s,
+                        actor,
+                        "login_lockout",
+                        after={
+                            "kind": row.kind,
+                            "subject": row.subject,
+                            "seconds": int(length.total_seconds()),
+                            "lockouts": row.lockouts,
+                            "until": row.locked_until,
+                        },
+                    )
+                # forget quiet subjects (their lockout count starts again from the first)
+                cutoff = now - limits.forget_after
+                s.execute(
+                    delete(LoginThrottle).where(
+                        LoginThrottle.window_start < cutoff,
+                        or_(
+                            LoginThrottle.locked_until.is_(None),
+                            LoginThrottle.locked_until < cutoff,
+                        ),
+                    )
+                )
+        if locked:
+            raise Throttled(max(1, math.ceil(max(t for _, t in locked).total_seconds())))
 
     @_retrying
     def create_token(self, name: str, label: str = "", actor: str = "admin-cli") -> str:
@@ -1102,9 +1264,10 @@ class ReviewStore:
         ``edits`` maps field names to new text: the six components, and ``short_prompt``
         for a record without instances or ``short_prompt:<instance key>`` (e.g.
         ``short_prompt:camera+depth``) for each instance of a record with them; any other
-        name is refused (:class:`Invalid`). Text equal to the machine's is dropped, and an
-        edit that changes nothing is an accept. ``version`` must be the item's current version: a decision taken on an older
-        state is refused with :class:`StaleVersion`, never applied over a newer one.
+        name is refused (:class:`Invalid`). Text equal to the machine's (ignoring surrounding
+        whitespace) is dropped; an edit that then changes nothing is refused (send accept).
+        ``version`` must be the item's current version: a decision taken on an older state
+        is refused with :class:`StaleVersion`, never applied over a newer one.
         """
         if decision not in ("accept", "reject", "edit"):
             raise Invalid(f"decision must be accept, reject or edit, not {decision!r}")
@@ -1163,7 +1326,7 @@ class ReviewStore:
                 if decision == "accept" and changed:
                     raise Invalid("accept carries no changed text: send decision 'edit'")
                 if decision == "edit" and not changed:
-                    decision = "accept"
+                    raise Invalid("an edit needs at least one changed field; use accept")
                 final = apply_edits(machine, changed)
                 empty = [k for k in machine if not final[k].strip()]
                 if empty:
