@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || PYTHON="$(PYTHON)" bash tools/ensure_venv.sh $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@# scenedetect pulls in opencv-python, whose cv2 needs libGL; keep only the headless build's cv2.
+	@# scenedetect and rapidocr-onnxruntime pull in opencv-python, whose cv2 needs libGL; keep only the headless build's cv2.
 	$(BIN)/python -m pip uninstall --quiet -y opencv-python
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$($(BIN)/python -c 'import importlib.metadata as m; print("opencv-python-headless==" + m.version("opencv-python-headless"))')"
 	touch $(STAMP)

@@ -14,12 +14,20 @@ from annotators.base import (
 from annotators.captions import CaptionsAnnotator
 from annotators.captions.instances import InstancesAnnotator
 from annotators.clip_stats import ClipStatsAnnotator
+from annotators.curation import CURATION_ANNOTATORS
+from annotators.dedup_hash import DedupHashAnnotator
 from annotators.keyframes import KeyframesAnnotator
 
 BUILTIN_ANNOTATORS: dict[str, type[Annotator]] = {
     cls.name: cls
-    for cls in (ClipStatsAnnotator, KeyframesAnnotator, CaptionsAnnotator, InstancesAnnotator)
-}
+    for cls in (
+        ClipStatsAnnotator,
+        KeyframesAnnotator,
+        CaptionsAnnotator,
+        InstancesAnnotator,
+        DedupHashAnnotator,
+    )
+} | {cls.name: cls for cls in CURATION_ANNOTATORS}
 
 
 def all_annotators() -> dict[str, type[Annotator]]:

@@ -29,6 +29,10 @@ DEFAULT_DETECTOR = "yzd-v/DWPose:yolox_l.onnx"
 DEFAULT_POSE_MODEL = "yzd-v/DWPose:dw-ll_ucoco_384.onnx"
 DEFAULT_SAM2 = "facebook/sam2.1-hiera-tiny"
 DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+# The LAION "improved aesthetic predictor" head (sac+logos+ava1-l14-linearMSE.pth from
+# github.com/christophschuhmann/improved-aesthetic-predictor), as TRL publishes it on the Hub.
+DEFAULT_AESTHETIC_HEAD = "trl-lib/ddpo-aesthetic-predictor:aesthetic-model.pth"
 
 ENV_DEPTH_MODEL = "ANY2CAP_DEPTH_MODEL"
 ENV_DWPOSE_DET = "ANY2CAP_DWPOSE_DET"
@@ -36,6 +40,8 @@ ENV_DWPOSE_POSE = "ANY2CAP_DWPOSE_POSE"
 ENV_YOLOX_MODEL = "ANY2CAP_YOLOX_MODEL"
 ENV_SAM2_MODEL = "ANY2CAP_SAM2_MODEL"
 ENV_GROUNDING_MODEL = "ANY2CAP_GROUNDING_MODEL"
+ENV_CLIP_MODEL = "ANY2CAP_CLIP_MODEL"
+ENV_AESTHETIC_HEAD = "ANY2CAP_AESTHETIC_HEAD"
 
 # What a transformers folder needs (config, processor/tokenizer files, safetensors weights,
 # the model card for its licence); skips the duplicate .bin/.pt/.onnx/.msgpack weights some
@@ -126,6 +132,26 @@ DEFAULT_MODELS: tuple[ModelEntry, ...] = (
         "grounding_model",
         "Grounding DINO Tiny, open-vocabulary boxes; used only with open_vocabulary",
         optional=True,
+    ),
+    ModelEntry(
+        "clip-vit-l14",
+        ("aesthetics",),
+        DEFAULT_CLIP_MODEL,
+        "~1.7 GB",
+        "MIT",
+        ENV_CLIP_MODEL,
+        "clip_model",
+        "OpenAI CLIP ViT-L/14, image embeddings for the aesthetic predictor (transformers folder)",
+    ),
+    ModelEntry(
+        "aesthetic-predictor",
+        ("aesthetics",),
+        DEFAULT_AESTHETIC_HEAD,
+        "~3.7 MB",
+        "Apache-2.0",
+        ENV_AESTHETIC_HEAD,
+        "head",
+        "LAION improved aesthetic predictor MLP head, sac+logos+ava1-l14-linearMSE (torch)",
     ),
 )
 
@@ -325,12 +351,16 @@ def fetch(entry: ModelEntry, unreachable: str | None = None) -> tuple[Path, bool
 
 
 __all__ = [
+    "DEFAULT_AESTHETIC_HEAD",
+    "DEFAULT_CLIP_MODEL",
     "DEFAULT_DEPTH_MODEL",
     "DEFAULT_DETECTOR",
     "DEFAULT_GROUNDING",
     "DEFAULT_MODELS",
     "DEFAULT_POSE_MODEL",
     "DEFAULT_SAM2",
+    "ENV_AESTHETIC_HEAD",
+    "ENV_CLIP_MODEL",
     "ENV_DEPTH_MODEL",
     "ENV_DWPOSE_DET",
     "ENV_DWPOSE_POSE",

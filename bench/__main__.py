@@ -88,6 +88,12 @@ def _run_export() -> dict[str, Any]:
     return export.run()
 
 
+def _run_dedup() -> dict[str, Any]:
+    from bench import dedup
+
+    return dedup.run()
+
+
 # ---- summaries: every row is a figure against its baseline from the same run ----
 
 
@@ -261,6 +267,35 @@ def _export_rows(e: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _dedup_rows(d: dict[str, Any]) -> list[Row]:
+    check = d["check_2k"]
+    rows: list[Row] = [
+        (
+            f"grouping == brute force, 2K clips ({check['pairs']} near-duplicate pairs)",
+            "all pairs",
+            f"pairs {check['pairs_equal_brute_force']}, groups {check['groups_equal_brute_force']}",
+            "-",
+        )
+    ]
+    for key in ("n10000", "n100000"):
+        e = d.get(key)
+        if e is None:
+            continue
+        measured = "measured" if "brute_force_seconds" in e else "estimated n^2"
+        brute = e.get("brute_force_seconds", e["brute_force_seconds_estimated"])
+        rows.append(
+            (
+                f"near-duplicate pairs, s ({e['clips']} clips x {d['hashes_per_clip']} hashes, "
+                f"distance <= {d['max_distance']}; {e['duplicates']} dropped in "
+                f"{e['groups']} groups; grouping {e['group_seconds']:.2f} s in all)",
+                f"all pairs {brute:.1f} ({measured})",
+                f"multi-index {e['pairs_seconds']:.2f}",
+                _x(e["ratio_multi_index_over_brute"], "multi-index/all pairs"),
+            )
+        )
+    return rows
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str
@@ -296,6 +331,7 @@ BENCHMARKS = {
             _run_export,
             _export_rows,
         ),
+        Benchmark("dedup", "Near-duplicate grouping (bench/dedup.py)", 15, _run_dedup, _dedup_rows),
     )
 }
 

@@ -10,13 +10,14 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.engine import EXECUTORS
+from pipeline.curation import parse_rules, rule_key, would_drop
+from pipeline.engine import EXECUTORS, dedup_plan
 from pipeline.fit import ResourceFit, fit_to_ray
 from pipeline.recipe import ResolvedRecipe
 from pipeline.rundir import RunDir, RunInfo
 from pipeline.sources import SourceItem
 from pipeline.storage import new_run_id
-from schemas import Failure, utc_now
+from schemas import Failure, FilterDecision, utc_now
 
 
 class StageTiming(BaseModel):
@@ -47,6 +48,28 @@ class RunReport(BaseModel):
     failed: int
     failures: list[Failure]
     failures_by_stage: dict[str, dict[str, int]]
+    records_filtered: int = Field(
+        default=0, description="clips the curation filters or near-duplicate step dropped"
+    )
+    filtered: list[FilterDecision] = Field(
+        default_factory=list, description="one per dropped clip: rule, measured value, stage"
+    )
+    filtered_by_rule: dict[str, int] = Field(
+        default_factory=dict,
+        description="clips dropped per rule ('motion_fraction >= 0.05', 'near-duplicate')",
+    )
+    kept_by_rule: dict[str, int] = Field(
+        default_factory=dict, description="records that met each rule (score present, passed)"
+    )
+    would_filter_by_rule: dict[str, int] = Field(
+        default_factory=dict,
+        description="score_only runs: records each rule would have dropped (first rule failed)",
+    )
+    dedup: dict[str, float | int | str | bool] = Field(
+        default_factory=dict,
+        description="the near-duplicate step: clips, groups, duplicates, seconds "
+        "(groups in RUN_DIR/dedup_groups.json)",
+    )
     stages: dict[str, StageTiming]
     clips_per_second: float
     left_out: dict[str, str] = Field(
@@ -138,6 +161,11 @@ def _run_locked(
     stage_names = [s.name for s in resolved.stages]
     ok = failed = resumed = 0
     failures: list[Failure] = []
+    filtered: list[FilterDecision] = []
+    kept_by_rule: Counter[str] = Counter()
+    would_filter: Counter[str] = Counter()
+    curation = resolved.recipe.curation
+    rules = parse_rules(dict(curation.keep))[0] if curation else []
     seconds: dict[str, float] = defaultdict(float)
     clips: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
@@ -153,6 +181,9 @@ def _run_locked(
         if row["failure"]:
             failed += 1
             failures.append(Failure.model_validate_json(row["failure"]))
+        elif row.get("filtered"):
+            filtered.append(FilterDecision.model_validate_json(row["filtered"]))
+            skipped.update(json.loads(row["skipped"]))  # stages it resumed before it was dropped
         else:
             ok += 1
             skipped_here = json.loads(row["skipped"])
@@ -166,6 +197,14 @@ def _run_locked(
             for name, category in added.get("unsuitable", {}).items():
                 turned_away[name][category] += 1
             flags.update(added.get("flags", []))
+            scores = added.get("scores") or {}
+            kept_by_rule.update(
+                r.text for r in rules if r.score in scores and r.passes(scores[r.score])
+            )
+            if curation is not None and curation.score_only:
+                would = would_drop(curation, scores)
+                if would is not None:
+                    would_filter[would] += 1
         warnings.update(dict.fromkeys(json.loads(row.get("warnings") or "[]")))
         for stage, secs in json.loads(row["stage_seconds"]).items():
             seconds[stage] += secs
@@ -178,6 +217,14 @@ def _run_locked(
     for f in failures:
         by_stage[f.stage][f.error_type] = by_stage[f.stage].get(f.error_type, 0) + 1
     failures.sort(key=lambda f: (f.source_uri, f.clip_id))
+    filtered.sort(key=lambda f: (f.source_uri, f.clip_id))
+    dedup: dict[str, float | int | str | bool] = {}
+    if dedup_plan(resolved) is None:
+        run_dir.clear_dedup_groups()  # a stale file would describe another recipe's groups
+    else:
+        groups = run_dir.load_dedup_groups() or {}
+        dedup = {k: v for k, v in groups.items() if k not in ("groups", "keep")}
+        dedup["groups_file"] = run_dir.storage.uri("dedup_groups.json")
     report = RunReport(
         run_id=run_id,
         recipe=resolved.recipe.name,
@@ -187,12 +234,18 @@ def _run_locked(
         started_at=started_at.isoformat(),
         finished_at=utc_now().isoformat(),
         wall_seconds=round(wall, 3),
-        clips_in=ok + failed,
+        clips_in=ok + failed + len(filtered),
         records_ok=ok,
         records_resumed=resumed,
         failed=failed,
         failures=failures,
         failures_by_stage={k: dict(v) for k, v in sorted(by_stage.items())},
+        records_filtered=len(filtered),
+        filtered=filtered,
+        filtered_by_rule=dict(Counter(rule_key(f) for f in filtered).most_common()),
+        kept_by_rule=dict(kept_by_rule),
+        would_filter_by_rule=dict(would_filter.most_common()),
+        dedup=dedup,
         stages={
             name: StageTiming(
                 clips=clips[name],
@@ -202,7 +255,7 @@ def _run_locked(
             )
             for name in stage_names
         },
-        clips_per_second=round((ok + failed) / wall, 3) if wall > 0 else 0.0,
+        clips_per_second=round((ok + failed + len(filtered)) / wall, 3) if wall > 0 else 0.0,
         left_out=dict(resolved.left_out),
         instances=dict(sorted(instances.items(), key=lambda kv: (kv[0].count("+"), kv[0]))),
         clips_without_instances=no_instances,
@@ -212,6 +265,8 @@ def _run_locked(
         resource_fit=fit.report() if fit is not None else {},
     )
     run_dir.save_report(report.model_dump(mode="json"))
-    info.runs[-1].update({"finished_at": report.finished_at, "ok": ok, "failed": failed})
+    info.runs[-1].update(
+        {"finished_at": report.finished_at, "ok": ok, "failed": failed, "filtered": len(filtered)}
+    )
     run_dir.save_info(info)
     return report

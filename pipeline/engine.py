@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -21,6 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from annotators import PROVENANCE_KEY, ClipInput
+from pipeline.curation import DedupConfig
+from pipeline.dedup import DedupKey, dedup_run
 from pipeline.recipe import ResolvedRecipe, SpanConfig, StageSpec
 from pipeline.rundir import RunDir, StageMarker
 from pipeline.sources import BadManifestRow
@@ -30,6 +33,7 @@ from pipeline.video import VideoInfo, local_video, probe_video, sample_frames
 from schemas import (
     ClipRef,
     Failure,
+    FilterDecision,
     Provenance,
     Record,
     StageProvenance,
@@ -48,6 +52,7 @@ ROW_SCHEMA = pa.schema(
         ("skipped", pa.string()),  # [stage, ...] resumed from markers
         ("dataset", pa.string()),  # what the finished record adds to the dataset (JSON)
         ("warnings", pa.string()),  # [message, ...] about the source (a clamped span end)
+        ("filtered", pa.string()),  # FilterDecision as JSON once a curation rule dropped it
     ]
 )
 
@@ -71,6 +76,7 @@ def _failure_row(source_uri: str, clip_id: str, stage: str, exc: BaseException) 
         "skipped": "[]",
         "dataset": "",
         "warnings": "[]",
+        "filtered": "",
     }
 
 
@@ -140,6 +146,7 @@ def probe_source(
                 "skipped": "[]",
                 "dataset": "",
                 "warnings": warnings,
+                "filtered": "",
             }
         )
     return rows
@@ -158,6 +165,9 @@ def apply_output(record: Record, output: dict[str, Any], provenance: StageProven
     """A new record with a stage's output fields set and its provenance entry replaced."""
     data = record.model_dump(mode="json")
     for key, value in output.items():
+        if key == "scores" and isinstance(value, dict):
+            # several stages write scores: each adds its own names, none erases another's
+            value = {**data.get("scores", {}), **value}
         _set_path(data, key, value)
     stages = [s for s in data["provenance"]["stages"] if s["stage"] != provenance.stage]
     stages.append(provenance.model_dump(mode="json"))
@@ -198,15 +208,15 @@ class StageActor:
         pending: list[tuple[int, ClipInput, float]] = []
         self._readers_used = {}
         for i, row in enumerate(rows):
-            if row["failure"]:
+            if row["failure"] or row.get("filtered"):
                 continue
             record = Record.model_validate_json(row["record"])
             marker = self.run_dir.load_marker(spec.name, record.clip_id)
             if marker is not None and marker.config_hash == spec.config_hash:
-                row["record"] = apply_output(
-                    record, marker.output, marker.provenance
-                ).model_dump_json()
+                resumed = apply_output(record, marker.output, marker.provenance)
+                row["record"] = resumed.model_dump_json()
                 row["skipped"] = json.dumps([*json.loads(row["skipped"]), spec.name])
+                self._apply_filters(row, resumed)
                 continue
             started = time.perf_counter()
             try:
@@ -312,6 +322,20 @@ class StageActor:
             timings = json.loads(row["stage_seconds"])
             timings[spec.name] = round(seconds, 4)
             row["stage_seconds"] = json.dumps(timings)
+            self._apply_filters(row, new_record)
+
+    def _apply_filters(self, row: dict[str, Any], record: Record) -> None:
+        """Decide the curation rules whose scores exist now; a dropped clip's row is marked
+        filtered and every later stage passes it by."""
+        if self.spec.filters is None:
+            return
+        decision, warnings = self.spec.filters.decide(record, self.spec.name)
+        if warnings:
+            row["warnings"] = json.dumps(
+                list(dict.fromkeys(json.loads(row["warnings"]) + warnings))
+            )
+        if decision is not None:
+            row["filtered"] = decision.model_dump_json()
 
 
 def dataset_summary(record: Record) -> dict[str, Any]:
@@ -324,6 +348,7 @@ def dataset_summary(record: Record) -> dict[str, Any]:
             name: s.category for name, s in sorted(record.suitability.items()) if not s.suitable
         },
         "flags": [f.check for f in record.checks],
+        "scores": record.scores,  # for the report's kept / would-drop counts per rule
     }
 
 
@@ -334,10 +359,18 @@ def finalize_rows(rows: list[dict[str, Any]], run_root: str) -> list[dict[str, A
         if row["failure"]:
             failure = run_dir.save_failure(Failure.model_validate_json(row["failure"]))
             row["failure"] = failure.model_dump_json()
+            run_dir.clear_filtered(failure.clip_id)
+        elif row.get("filtered"):
+            # a filtered clip is no record: review ingest and export never see it
+            decision = FilterDecision.model_validate_json(row["filtered"])
+            run_dir.save_filtered(decision)
+            run_dir.delete_record(decision.clip_id)
+            run_dir.clear_failure(decision.clip_id)
         else:
             record = Record.model_validate_json(row["record"])
             run_dir.save_record(record)
             run_dir.clear_failure(record.clip_id)
+            run_dir.clear_filtered(record.clip_id)
             row["dataset"] = json.dumps(dataset_summary(record))
         row["record"] = ""  # the driver needs only the summary
         row["probe"] = ""
@@ -353,6 +386,64 @@ def _probe_batch(batch: pa.Table, **kwargs: Any) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
+def dedup_plan(resolved: ResolvedRecipe) -> tuple[str, DedupConfig, bool] | None:
+    """(hash stage, dedup settings, drop?) when the recipe removes near-duplicates."""
+    curation = resolved.recipe.curation
+    if curation is None or curation.dedup is None or not curation.dedup.enabled:
+        return None
+    stage = curation.dedup.stage or next(
+        s.name for s in resolved.stages if "phashes" in s.annotator_cls.writes
+    )
+    return stage, curation.dedup, not curation.score_only
+
+
+def dedup_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The small table the global step needs, from the rows still in the pipeline."""
+    keys = []
+    for row in rows:
+        if row["failure"] or row.get("filtered"):
+            continue
+        key = DedupKey.of(Record.model_validate_json(row["record"]))
+        if key is not None:
+            keys.append(key.to_json())
+    return keys
+
+
+def decide_duplicates(
+    keys: list[dict[str, Any]], resolved: ResolvedRecipe, run_root: str
+) -> dict[str, str]:
+    """The global step, in the driver: group every clip of the run, write
+    RUN_DIR/dedup_groups.json, and return clip_id -> FilterDecision JSON for the dropped."""
+    plan = dedup_plan(resolved)
+    assert plan is not None
+    stage, config, drop = plan
+    summary, decisions = dedup_run([DedupKey.from_json(k) for k in keys], config, stage, drop=drop)
+    RunDir(run_root).save_dedup_groups(summary)
+    return {clip_id: d.model_dump_json() for clip_id, d in decisions.items()}
+
+
+def mark_duplicates(rows: list[dict[str, Any]], drops: dict[str, str]) -> list[dict[str, Any]]:
+    for row in rows:
+        if not row["failure"] and not row.get("filtered") and row["clip_id"] in drops:
+            row["filtered"] = drops[row["clip_id"]]
+    return rows
+
+
+def _dedup_keys_batch(batch: pa.Table) -> pa.Table:
+    keys = [json.dumps(k) for k in dedup_keys(batch.to_pylist())]
+    return pa.Table.from_pylist(
+        [{"key": k} for k in keys], schema=pa.schema([("key", pa.string())])
+    )
+
+
+def _mark_duplicates_batch(batch: pa.Table, drops: Any) -> pa.Table:
+    import ray
+
+    if isinstance(drops, ray.ObjectRef):
+        drops = ray.get(drops)
+    return pa.Table.from_pylist(mark_duplicates(batch.to_pylist(), drops), schema=ROW_SCHEMA)
+
+
 def ensure_ray() -> None:
     """Join the cluster named by RAY_ADDRESS, or start an embedded local Ray."""
     import ray
@@ -363,6 +454,36 @@ def ensure_ray() -> None:
         ray.init(log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    _spend_restart_warning()
+
+
+def _spend_restart_warning() -> None:
+    """Use up Ray core's once-per-process error line about restartable actors whose
+    constructor gets an ObjectRef (ray#53727) on a throwaway actor, with stderr muted.
+
+    Ray Data hands every pool actor its DataContext and MapTransformer as ObjectRefs and
+    makes pool actors restartable; keeping the restarts is what lets a build survive a
+    killed worker (with ``max_restarts=0`` one OOM-killed actor aborts the whole run). The
+    refs live as long as the stage, so the warning never applies to us, yet it read as an
+    error on every build. Other stderr output of these few milliseconds is lost with it.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class _Spend:
+        def __init__(self, arg: bytes) -> None:
+            del arg
+
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        actor = _Spend.remote(ray.put(b"x"))  # type: ignore[attr-defined]
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    ray.kill(actor)
 
 
 def run_ray(
@@ -401,6 +522,7 @@ def run_ray(
     )
     if limit is not None:
         ds = ds.limit(limit)
+    dedup = dedup_plan(resolved)
     for spec in resolved.stages:
         res = spec.resources
         ds = ds.map_batches(
@@ -419,6 +541,24 @@ def run_ray(
                 "readers": list(recipe.readers),
             },
         )
+        if dedup is not None and spec.name == dedup[0]:
+            # The global step: phase one (every stage up to the hash stage) runs to the end
+            # and stays in the object store as JSON rows; the driver groups the small key
+            # table of the whole run, then phase two goes on with the duplicates marked.
+            ds = ds.materialize()
+            keys = [
+                json.loads(row["key"])
+                for row in ds.map_batches(
+                    _dedup_keys_batch, batch_format="pyarrow", num_cpus=resolved.task_cpus
+                ).iter_rows()
+            ]
+            drops = ray.put(decide_duplicates(keys, resolved, run_root))
+            ds = ds.map_batches(
+                _mark_duplicates_batch,  # type: ignore[arg-type]  # fn_kwargs fills ``drops``
+                batch_format="pyarrow",
+                num_cpus=resolved.task_cpus,
+                fn_kwargs={"drops": drops},
+            )
     ds = ds.map_batches(
         functools.partial(_finalize_batch, run_root=run_root),
         batch_format="pyarrow",
@@ -452,10 +592,13 @@ def run_local(
         )
     if limit is not None:
         rows = rows[:limit]
+    dedup = dedup_plan(resolved)
     for spec in resolved.stages:
         actor = StageActor(spec, run_root, artifacts_root, run_id, list(recipe.readers))
         size = spec.resources.batch_size
         rows = [r for i in range(0, len(rows), size) for r in actor.process(rows[i : i + size])]
+        if dedup is not None and spec.name == dedup[0]:
+            rows = mark_duplicates(rows, decide_duplicates(dedup_keys(rows), resolved, run_root))
     yield from finalize_rows(rows, run_root)
 
 

@@ -7,7 +7,7 @@ type, and the error names the key (``stages[0].params.palete_size``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from annotators import Annotator, AnnotatorConfig, FrameSampling, Resources, config_hash
+from pipeline.curation import CurationConfig, StageFilters, score_writers, stage_filters
 
 
 class RecipeError(ValueError):
@@ -69,6 +70,9 @@ class Recipe(BaseModel):
         default=None, description="artifact store URI (default RUN_DIR/artifacts)"
     )
     stages: list[StageConfig] = Field(min_length=1)
+    # Filters and near-duplicates. Not in any stage's hash: a new threshold re-decides from
+    # the stored scores, nothing is scored again.
+    curation: CurationConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class StageSpec:
     resources: Resources
     depends_on: tuple[str, ...]
     config_hash: str
+    # curation rules decided right after this stage (pipeline.curation); not in the hash
+    filters: StageFilters | None = None
 
     def build(self) -> Annotator:
         return self.annotator_cls(self.config)
@@ -128,12 +134,19 @@ class ResolvedRecipe:
             for cfg, _ in keep
         ]
         registry = {cfg.annotator: spec.annotator_cls for cfg, spec in keep}
-        pruned = _resolve(self.recipe.model_copy(update={"stages": stages}), registry)
+        curation, dropped_rules = _curation_without(
+            self.recipe.curation,
+            [spec.annotator_cls.writes for _, spec in keep],
+            {s.name: s.annotator_cls.writes for s in self.stages if s.name in reasons},
+        )
+        pruned = _resolve(
+            self.recipe.model_copy(update={"stages": stages, "curation": curation}), registry
+        )
         return ResolvedRecipe(
             pruned.recipe,
             pruned.stages,
             pruned.recipe_hash,
-            left_out={**self.left_out, **reasons},
+            left_out={**self.left_out, **reasons, **dropped_rules},
             task_cpus=self.task_cpus,
         )
 
@@ -186,12 +199,73 @@ def resolve_recipe(
     return _resolve(recipe, registry)
 
 
+def _curation_without(
+    curation: CurationConfig | None,
+    writes: list[tuple[str, ...]],
+    left_out: Mapping[str, tuple[str, ...]],
+) -> tuple[CurationConfig | None, dict[str, str]]:
+    """The curation block without the rules (and dedup) whose writing stage was left out
+    (``left_out``: stage -> what it writes); each rule taken out is named in ``left_out``
+    of the report, with its stage, so the report says it was not applied."""
+    if curation is None:
+        return None, {}
+
+    def gone(score: str) -> str:
+        return ", ".join(n for n, w in left_out.items() if score_writers([w], score)) or "none"
+
+    dropped: dict[str, str] = {}
+    keep = {}
+    for score, condition in curation.keep.items():
+        if score_writers(writes, score):
+            keep[score] = condition
+        else:
+            dropped[f"curation.keep.{score}"] = (
+                f"not applied: its scoring stage ({gone(score)}) is left out"
+            )
+    dedup = curation.dedup
+    if dedup is not None and dedup.enabled and not any("phashes" in w for w in writes):
+        dedup = None
+        hashers = ", ".join(n for n, w in left_out.items() if "phashes" in w) or "none"
+        dropped["curation.dedup"] = f"not applied: the hash stage ({hashers}) is left out"
+    return curation.model_copy(update={"keep": keep, "dedup": dedup}), dropped
+
+
+def _check_dedup(recipe: Recipe, specs: list[StageSpec]) -> list[str]:
+    dedup = recipe.curation.dedup if recipe.curation else None
+    if dedup is None or not dedup.enabled:
+        return []
+    hashers = [s.name for s in specs if "phashes" in s.annotator_cls.writes]
+    if dedup.stage is not None and dedup.stage not in hashers:
+        return [f"curation.dedup.stage: {dedup.stage!r} is not a stage that writes phashes"]
+    if dedup.stage is None and len(hashers) != 1:
+        return [
+            "curation.dedup: "
+            + (
+                "no stage writes phashes (add `- annotator: dedup_hash` before the "
+                "expensive stages)"
+                if not hashers
+                else f"stages {hashers} all write phashes; name one in curation.dedup.stage"
+            )
+        ]
+    return []
+
+
 def _resolve(recipe: Recipe, registry: Mapping[str, type[Annotator]]) -> ResolvedRecipe:
     problems: list[str] = []
     specs: list[StageSpec] = []
     hashes: dict[str, str] = {}
+    # Every earlier stage name, including stages whose own validation failed: a later
+    # stage's depends_on on one of those is not an error of its own (reporting it would
+    # only repeat the first error as noise); a name no earlier stage has still is.
+    declared: set[str] = set()
     for i, stage in enumerate(recipe.stages):
         where = f"stages[{i}]"
+        name = stage.name or stage.annotator
+        missing = [d for d in stage.depends_on if d not in declared]
+        if name in declared:
+            problems.append(f"{where}.name: duplicate stage name {name!r}")
+            continue
+        declared.add(name)
         cls = registry.get(stage.annotator)
         if cls is None:
             problems.append(
@@ -199,20 +273,18 @@ def _resolve(recipe: Recipe, registry: Mapping[str, type[Annotator]]) -> Resolve
                 f"(known: {', '.join(sorted(registry))}; a condition plugin's stage needs its "
                 "package installed, see docs/adding-a-condition-type.md)"
             )
-            continue
-        name = stage.name or stage.annotator
-        if name in hashes:
-            problems.append(f"{where}.name: duplicate stage name {name!r}")
-            continue
-        try:
-            config = cls.Config.model_validate(stage.params)
-        except ValidationError as e:
-            problems.extend(_format_errors(e, f"{where}.params"))
-            continue
-        missing = [d for d in stage.depends_on if d not in hashes]
+        config: AnnotatorConfig | None = None
+        if cls is not None:
+            try:
+                config = cls.Config.model_validate(stage.params)
+            except ValidationError as e:
+                problems.extend(_format_errors(e, f"{where}.params"))
         if missing:
             problems.append(f"{where}.depends_on: {missing} are not earlier stages")
-            continue
+        if cls is None or config is None or missing:
+            continue  # reported above
+        if any(d not in hashes for d in stage.depends_on):
+            continue  # an earlier stage it reads is invalid: that stage's error is reported
         sampling = stage.sampling or cls.default_sampling
         resources = stage.resources or cls.default_resources
         digest = stage_hash(
@@ -222,6 +294,12 @@ def _resolve(recipe: Recipe, registry: Mapping[str, type[Annotator]]) -> Resolve
         specs.append(
             StageSpec(name, cls, config, sampling, resources, tuple(stage.depends_on), digest)
         )
+    if not problems:
+        filters, curation_problems = stage_filters(
+            recipe.curation, [s.annotator_cls.writes for s in specs]
+        )
+        problems += curation_problems + _check_dedup(recipe, specs)
+        specs = [replace(s, filters=f) for s, f in zip(specs, filters, strict=True)]
     if problems:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
     return ResolvedRecipe(recipe, tuple(specs), config_hash(recipe))

@@ -8,6 +8,9 @@ neither lose nor duplicate a clip)::
       stages/<stage>/<clip_id>.json     a finished stage: config hash, output, provenance
       records/<clip_id>.json            the assembled record
       failures/<clip_id>.json           the clip's current failure (removed once it succeeds)
+      filtered/<clip_id>.json           why curation dropped the clip (removed once it passes);
+                                        a filtered clip has no records/ file
+      dedup_groups.json                 the last build's near-duplicate groups
       reports/<run_id>.json, report.json
       artifacts/<clip_id>/<stage>/...   payload files (default artifact store)
 """
@@ -22,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.storage import Storage, StorageBusy
-from schemas import Failure, Record, StageProvenance
+from schemas import Failure, FilterDecision, Record, StageProvenance
 
 
 class StageMarker(BaseModel):
@@ -96,6 +99,35 @@ class RunDir:
 
     def has_record(self, clip_id: str) -> bool:
         return self.storage.exists(f"records/{clip_id}.json")
+
+    def delete_record(self, clip_id: str) -> None:
+        self.storage.delete(f"records/{clip_id}.json")
+
+    # curation: clips the filters or the near-duplicate step dropped
+    def save_filtered(self, decision: FilterDecision) -> None:
+        self.storage.write_atomic(
+            f"filtered/{decision.clip_id}.json", decision.model_dump_json(indent=1).encode()
+        )
+
+    def clear_filtered(self, clip_id: str) -> None:
+        self.storage.delete(f"filtered/{clip_id}.json")
+
+    def filtered(self) -> Iterator[FilterDecision]:
+        for name in self.storage.list("filtered", ".json"):
+            yield FilterDecision.model_validate_json(self.storage.read(f"filtered/{name}"))
+
+    def save_dedup_groups(self, groups: dict[str, Any]) -> None:
+        self.storage.write_atomic("dedup_groups.json", json.dumps(groups, indent=1).encode())
+
+    def load_dedup_groups(self) -> dict[str, Any] | None:
+        try:
+            groups: dict[str, Any] = json.loads(self.storage.read("dedup_groups.json"))
+        except FileNotFoundError:
+            return None
+        return groups
+
+    def clear_dedup_groups(self) -> None:
+        self.storage.delete("dedup_groups.json")
 
     # failures
     def load_failure(self, clip_id: str) -> Failure | None:

@@ -101,6 +101,19 @@ class ClipStats(_Model):
     )
 
 
+class FilterDecision(_Model):
+    """Why a clip was dropped by the recipe's curation filters: not a failure, never silent."""
+
+    clip_id: str
+    source_uri: str
+    rule: str = Field(description="the score and its condition, e.g. 'motion_fraction >= 0.05'")
+    score: str
+    value: float | None = Field(description="the measured value (None: the score is missing)")
+    threshold: str = Field(description="the condition, e.g. '>= 0.05'")
+    stage: str = Field(default="", description="the stage after which it was decided")
+    time: datetime = Field(default_factory=utc_now)
+
+
 class Keyframes(_Model):
     """JPEG keyframes of the clip, shown to the caption writer and the reviewer."""
 
@@ -354,6 +367,15 @@ class Record(_Model):
     schema_version: str = SCHEMA_VERSION
     clip: ClipRef
     stats: ClipStats | None = None
+    scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="curation scores by name (motion_fraction, sharpness, text_fraction, ...)",
+    )
+    phashes: list[str] = Field(
+        default_factory=list,
+        description="64-bit DCT perceptual hash per sampled frame, 16 hex digits each "
+        "(near-duplicate grouping)",
+    )
     keyframes: Keyframes | None = None
     conditions: Conditions = Field(default_factory=Conditions)
     suitability: dict[str, Suitability] = Field(

@@ -418,3 +418,99 @@ def make_corrupt_midstream(
     dst = Path(dst)
     dst.write_bytes(bytes(data))
     return dst
+
+
+# --------------------------------------------------------------------------- crafted scenes
+# Frames with known properties for the curation scores: texture that optical flow can track,
+# a camera pan, blur, black frames, burnt-in text, two shots.
+
+
+def textured_scene(width: int, height: int, seed: int = 0, grain: int = 24) -> np.ndarray:
+    """A deterministic natural-looking texture [H, W, 3] uint8 RGB: smoothed colour noise
+    (blobs about ``grain`` px across, and finer ones) over a gradient, with hard-edged
+    rectangles scattered on it (sharp edges for the sharpness score)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.zeros((height, width, 3), np.float32)
+    for size, weight in ((grain, 110.0), (max(2, grain // 6), 40.0)):
+        small = rng.random((max(2, height // size), max(2, width // size), 3)).astype(np.float32)
+        img += weight * np.clip(
+            cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC), 0, 1
+        )
+    img += 40 + 50 * np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    for _ in range(max(1, width * height // 2000)):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(3, 14)), int(rng.integers(3, 14))
+        img[y : y + h, x : x + w] = rng.integers(0, 256, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def pan_frames(
+    n: int, width: int, height: int, px_per_frame: float, seed: int = 0
+) -> list[np.ndarray]:
+    """``n`` frames of a camera panning right over :func:`textured_scene` at ``px_per_frame``
+    (0: a static shot of the same scene)."""
+    travel = math.ceil(abs(px_per_frame) * max(n - 1, 0)) + 2
+    scene = textured_scene(width + travel, height, seed)
+    frames = []
+    for i in range(n):
+        x = px_per_frame * i
+        x0 = math.floor(x)
+        frac = x - x0
+        a = scene[:, x0 : x0 + width].astype(np.float32)
+        b = scene[:, x0 + 1 : x0 + 1 + width].astype(np.float32)
+        frames.append(np.clip((1 - frac) * a + frac * b + 0.5, 0, 255).astype(np.uint8))
+    return frames
+
+
+def blurred(frames: list[np.ndarray], sigma: float = 3.0) -> list[np.ndarray]:
+    import cv2
+
+    return [cv2.GaussianBlur(f, (0, 0), sigma) for f in frames]
+
+
+def with_text(
+    frames: list[np.ndarray], lines: tuple[str, ...] = ("BREAKING NEWS", "LIVE 24/7")
+) -> list[np.ndarray]:
+    """The frames with white, black-outlined text burnt into their lower half."""
+    import cv2
+
+    out = []
+    for f in frames:
+        img = np.ascontiguousarray(f.copy())
+        h, w = img.shape[:2]
+        scale = w / 320
+        for k, line in enumerate(lines):
+            y = int(h * 0.62 + k * 34 * scale)
+            org = (int(w * 0.06), y)
+            cv2.putText(
+                img, line, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), int(6 * scale / 2) + 2
+            )
+            cv2.putText(
+                img,
+                line,
+                org,
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (255, 255, 255),
+                int(2 * scale / 2) + 1,
+            )
+        out.append(img)
+    return out
+
+
+def make_frames_video(
+    path: str | Path, frames: list[np.ndarray], fps: int = 24, codec: str = DEFAULT_CODEC
+) -> Path:
+    """Encode RGB ``frames`` (same size, even sides) as a constant-frame-rate MP4."""
+    return _encode(
+        path,
+        frames,
+        list(range(len(frames))),
+        Fraction(1, fps),
+        Fraction(fps),
+        codec,
+        "yuv420p",
+        12,
+    )

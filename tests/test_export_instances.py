@@ -13,11 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.rundir import RunDir
-from schemas import CAPTION_COMPONENTS, Record, ReviewState, make_instance_id
+from schemas import CAPTION_COMPONENTS, Record, ReviewState, make_instance_id, reason_category
 from tests.instance_fixtures import FLAGS, PROMPTS, make_instance_run
 from tests.review_fixtures import make_run
 from workflows.export import Reviewed, export_shards, verify_shards, write_card
-from schemas import reason_category
 from workflows.export.run import export_run
 from workflows.review import open_store
 

@@ -112,7 +112,8 @@ def test_recipe_refuses_bad_instance_params(
     path.write_text(yaml.safe_dump(_recipe_with(params)))
     with pytest.raises(RecipeError, match=re.escape(message)) as info:
         load_recipe(str(path))
-    assert "stages[7].params" in str(info.value)
+    index = [s["annotator"] for s in load_recipe_file(RECIPE)["stages"]].index("instances")
+    assert f"stages[{index}].params" in str(info.value)
 
 
 # --------------------------------------------------------------------------- rules per instance
@@ -236,17 +237,16 @@ def test_any2capins_recipe_end_to_end_with_an_endpoint(
         report = _build("any2capins", src, out, "--executor", "local")
         assert report["failed"] == 0, report["failures"]
         records = _by_name(out)
-        assert set(records) == {"dog", "bedroom", "black"}
+        assert set(records) == {"dog", "bedroom"}
         for record in records.values():
             _check_plan(record)
             assert record.short_prompt is None  # the clip has no prompt of its own
             assert record.caption is not None
-        # a black clip suits neither depth nor camera (the tiny pose and identities detectors
-        # are constant graphs that "see" a person in any frame, so those two are not asked)
-        black = records["black"]
-        assert not black.suitability["depth"].suitable, black.suitability["depth"]
-        assert not black.suitability["camera"].suitable, black.suitability["camera"]
-        assert not any({"camera", "depth"} & set(i.condition_types) for i in black.instances or [])
+        # curation drops the black clip before any condition stage sees it
+        (black,) = report["filtered"]
+        assert black["source_uri"].endswith("black.mp4"), black
+        assert black["score"] in ("motion_fraction", "black_fraction"), black
+        assert not (out / "stages" / "depth" / f"{black['clip_id']}.json").exists()
         for name in ("dog", "bedroom"):
             keys = {i.key for i in records[name].instances or []}
             assert {"camera", "depth"} <= keys, keys
@@ -282,15 +282,16 @@ def test_any2capins_recipe_end_to_end_with_an_endpoint(
         # a re-run does nothing
         requests = server.stats.chat_requests
         again = _build("any2capins", src, out, "--executor", "local")
-        assert again["records_resumed"] == 3 and server.stats.chat_requests == requests
+        assert again["records_resumed"] == 2 and server.stats.chat_requests == requests
+        assert again["records_filtered"] == 1
 
         # a new instance plan re-runs planning and prompts, nothing else
         path = tmp_path / "plan.yaml"
         path.write_text(yaml.safe_dump(_recipe_with({"compositions": [["camera", "pose"]]})))
         replanned = _build(str(path), src, out, "--executor", "local")
     stages = replanned["stages"]
-    assert stages["instances"]["clips"] == 3
-    assert all(t["skipped"] == 3 for name, t in stages.items() if name != "instances")
+    assert stages["instances"]["clips"] == 2
+    assert all(t["clips"] == 0 for name, t in stages.items() if name != "instances")
     records = _by_name(out)
     for record in records.values():
         keys = [i.key for i in record.instances or []]

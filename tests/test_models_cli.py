@@ -384,7 +384,15 @@ def test_unknown_name_exits_2(served: tuple[FakeHub, dict[str, Any]], tmp_path: 
 
 def test_selection_by_model_and_stage() -> None:
     names = [m.name for m in catalog.select([])]
-    assert names == ["depth", "dwpose-detector", "dwpose-pose", "yolox", "sam2"]
+    assert names == [
+        "depth",
+        "dwpose-detector",
+        "dwpose-pose",
+        "yolox",
+        "sam2",
+        "clip-vit-l14",
+        "aesthetic-predictor",
+    ]
     assert [m.name for m in catalog.select(["identities"])] == ["yolox", "sam2"]
     assert [m.name for m in catalog.select(["pose", "depth"])] == [
         "depth",

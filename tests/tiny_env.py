@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny_models import tiny_depth_model, tiny_dwpose
+from tests.tiny_models import tiny_aesthetic_head, tiny_clip_model, tiny_depth_model, tiny_dwpose
 from tests.tiny_sam2 import tiny_coco_detector, tiny_sam2
 
 # 640x640 detector-input boxes: a person left of centre, a dog on the right
@@ -32,7 +32,13 @@ def tiny_model_env(folder: Path) -> dict[str, str]:
     coco = folder / "coco_yolox.onnx"
     if not coco.exists():
         tiny_coco_detector(coco, [PERSON_BOX, DOG_BOX], ["person", "dog"])
+    clip, head = folder / "clip", folder / "aesthetic" / "aesthetic-model.pth"
+    if not head.exists():
+        tiny_clip_model(clip)
+        tiny_aesthetic_head(head, in_features=16)
     return {
+        "ANY2CAP_CLIP_MODEL": str(clip),
+        "ANY2CAP_AESTHETIC_HEAD": str(head),
         "ANY2CAP_DEPTH_MODEL": str(depth),
         "ANY2CAP_DWPOSE_DET": str(det),
         "ANY2CAP_DWPOSE_POSE": str(pose),

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -275,3 +276,71 @@ __all__ = [
     "tiny_dwpose",
     "tiny_pose_model",
 ]
+
+
+# --------------------------------------------------------------------------- aesthetics
+
+
+def tiny_clip_model(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A ~0.3 MB CLIP saved as the published ``openai/clip-vit-large-patch14`` is: a whole
+    ``CLIPModel`` (text and vision towers, ``model_type: clip``) with its image processor,
+    projection dimension 16 instead of 768."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": 99,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": image_size},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    ).save_pretrained(folder)
+    return folder
+
+
+def tiny_aesthetic_head(path: Path, in_features: int = 16, seed: int = 0) -> Path:
+    """A torch state dict with the LAION aesthetic predictor's keys (``layers.{0,2,4,6,7}``)
+    and sizes ``in_features`` -> 32 -> 16 -> 8 -> 4 -> 1 (the published one: 768 -> 1024 ->
+    128 -> 64 -> 16 -> 1); the bias of the last layer puts ratings near 5."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [in_features, 32, 16, 8, 4, 1]
+    state: dict[str, torch.Tensor] = {}
+    for index, (n_in, n_out) in zip((0, 2, 4, 6, 7), itertools.pairwise(sizes), strict=True):
+        state[f"layers.{index}.weight"] = torch.randn(n_out, n_in, generator=gen) / n_in**0.5
+        state[f"layers.{index}.bias"] = torch.zeros(n_out)
+    state["layers.7.bias"] = torch.tensor([5.0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path

@@ -137,7 +137,7 @@ def build(
     data = report.model_dump(mode="json")
     _print_report(data)
     err.print(f"report: {os.path.join(report.run_dir, 'report.json')}")
-    if report.clips_in and report.records_ok == 0:
+    if report.clips_in and report.failed == report.clips_in:
         err.print("[red]every clip failed[/red]")
         raise typer.Exit(1)
     if strict and report.failed:
@@ -149,6 +149,8 @@ def _print_report(report: dict[str, Any]) -> None:
     summary = Table(title=f"run {report['run_id']} ({report['recipe']})", show_header=False)
     for key in ("clips_in", "records_ok", "records_resumed", "failed", "wall_seconds"):
         summary.add_row(key, str(report[key]))
+    if report.get("records_filtered"):
+        summary.add_row("filtered", str(report["records_filtered"]))
     out.print(summary)
     stages = Table(title="stages")
     for col in ("stage", "clips run", "resumed", "seconds", "s/clip"):
@@ -185,6 +187,7 @@ def _print_report(report: dict[str, Any]) -> None:
         out.print(failures)
     for warning in report.get("warnings") or []:
         out.print(f"warning: {warning}", markup=False)
+    _print_curation(report)
     _print_dataset(report)
     left_out = report.get("left_out") or {}
     if left_out:
@@ -198,6 +201,39 @@ def _print_report(report: dict[str, Any]) -> None:
         fetch = _fetch_command(list(left_out))
         if fetch:
             out.print(f"to bring them in: {fetch}", markup=False)
+
+
+def _print_curation(report: dict[str, Any]) -> None:
+    """Per curation rule: records that met it and clips it dropped (or would have)."""
+    dropped: dict[str, int] = report.get("filtered_by_rule") or {}
+    kept: dict[str, int] = report.get("kept_by_rule") or {}
+    would: dict[str, int] = report.get("would_filter_by_rule") or {}
+    dedup: dict[str, Any] = report.get("dedup") or {}
+    if not (dropped or kept or would or dedup):
+        return
+    table = Table(title="curation" + (" (score only: nothing dropped)" if would else ""))
+    for col in ("rule", "kept", "dropped" if not would else "would drop"):
+        table.add_column(col)
+    counts = would or dropped
+    for rule in dict.fromkeys([*kept, *counts]):
+        if rule == "near-duplicate":
+            continue
+        table.add_row(rule, str(kept.get(rule, 0)), str(counts.get(rule, 0)))
+    if dedup:
+        table.add_row(
+            f"near-duplicate (distance <= {dedup.get('max_distance')})",
+            str(int(dedup.get("clips", 0)) - int(dedup.get("duplicates", 0))),
+            str(dropped.get("near-duplicate", 0) if dedup.get("dropped") else 0)
+            + ("" if dedup.get("dropped") else f" ({dedup.get('duplicates', 0)} found)"),
+        )
+    out.print(table)
+    if dedup:
+        out.print(
+            f"near-duplicates: {dedup.get('groups_count', 0)} groups over "
+            f"{dedup.get('clips', 0)} clips in {float(dedup.get('seconds', 0)):.2f} s; "
+            f"groups: {dedup.get('groups_file', '')}",
+            markup=False,
+        )
 
 
 def _fetch_command(stages: list[str]) -> str:
