@@ -88,6 +88,12 @@ def _run_export() -> dict[str, Any]:
     return export.run()
 
 
+def _run_scores() -> dict[str, Any]:
+    from bench import scores
+
+    return scores.run()
+
+
 def _run_dedup() -> dict[str, Any]:
     from bench import dedup
 
@@ -267,6 +273,24 @@ def _export_rows(e: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _scores_rows(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name in ("quality", "motion", "cuts", "text_overlay", "aesthetics"):
+        e = d.get(name)
+        if e is None:
+            continue
+        note = " (full-size random ViT-L/14, CPU)" if name == "aesthetics" else ""
+        rows.append(
+            (
+                f"{name}{note}, clips/s ({e['clips']} demo clips, {e['frames']} frames)",
+                f"decode alone {e['decode_clips_s']:.2f}",
+                f"decode + score {e['end_to_end_clips_s']:.2f}",
+                _x(e["ratio_end_to_end_over_decode"], "of decoding alone"),
+            )
+        )
+    return rows
+
+
 def _dedup_rows(d: dict[str, Any]) -> list[Row]:
     check = d["check_2k"]
     rows: list[Row] = [
@@ -330,6 +354,9 @@ BENCHMARKS = {
             60,
             _run_export,
             _export_rows,
+        ),
+        Benchmark(
+            "scores", "Curation score stages (bench/scores.py)", 90, _run_scores, _scores_rows
         ),
         Benchmark("dedup", "Near-duplicate grouping (bench/dedup.py)", 15, _run_dedup, _dedup_rows),
     )
