@@ -224,6 +224,7 @@ class AestheticsAnnotator(ScoreAnnotator):
             CLIPVisionConfig,
             CLIPVisionModelWithProjection,
         )
+        from transformers.utils import logging as transformers_logging
 
         cfg = self.config
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -254,9 +255,17 @@ class AestheticsAnnotator(ScoreAnnotator):
                     f"aesthetics: {cfg.clip_model!r} is a {type(full).__name__}, not a CLIP "
                     f"model; the predictor was trained on {DEFAULT_CLIP_MODEL} embeddings"
                 )
-            model = CLIPVisionModelWithProjection.from_pretrained(
-                source, config=vision, local_files_only=local_only, dtype=self.dtype
-            )
+            # The published checkpoint is a whole CLIPModel: loading its vision tower alone
+            # leaves the text tower's weights unused, which transformers reports as a long
+            # "UNEXPECTED keys" table on every actor start. Expected here, so not shown.
+            verbosity = transformers_logging.get_verbosity()
+            transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+            try:
+                model = CLIPVisionModelWithProjection.from_pretrained(
+                    source, config=vision, local_files_only=local_only, dtype=self.dtype
+                )
+            finally:
+                transformers_logging.set_verbosity(verbosity)
         except (OSError, ValueError) as e:
             raise _clip_missing(cfg.clip_model, str(e)) from e
         self.model = cast(Any, model).to(self.device).eval()
