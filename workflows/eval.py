@@ -5,8 +5,15 @@ short prompt (the caption metrics of the Any2Caption paper).
 PRED and REF are run directories (their ``records/``) or JSONL files with one record per
 line (``any2cap runs records RUN --json``) or one ``{"clip_id", "caption", "short_prompt"}``
 object per line. Clips are paired by clip id. A record's review edits (``review.edits``,
-keyed by component or ``short_prompt``) replace the machine text, so a reviewed run is a
-reference for the run it was reviewed from.
+keyed by component, ``short_prompt`` or ``short_prompt:<instance key>``) replace the machine
+text, through ``workflows.review.text.apply_review`` (the one edit applier), so a reviewed
+run is a reference for the run it was reviewed from.
+
+``--run RUN_DIR [--db URL]`` instead compares, for every clip the review store finally
+accepted or edited, the machine text (the record as the reviewers saw it) with the human
+final text (the store's final edits applied), per component, overall, for the short
+prompts pooled and per instance key: how far the machine was from what people kept. It
+reads the store, not the records' review block.
 
 METEOR here matches exact words, then Porter stems (snowballstemmer); WordNet synonym and
 paraphrase matching are left out because their data cannot be downloaded on every machine,
@@ -24,8 +31,8 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
 
 import snowballstemmer  # type: ignore[import-untyped]
 import typer
@@ -37,11 +44,17 @@ from annotators.captions import (
     MODEL_BOUNDS,
     SHORT_PROMPT,
     Bounds,
+    Integrity,
     caption_integrity,
     word_count,
 )
+from annotators.captions.validate import part_problems
 from pipeline.rundir import RunDir
 from schemas import CAPTION_COMPONENTS, Record
+from workflows.review.text import apply_review, instance_key, is_prompt, machine_texts
+
+if TYPE_CHECKING:
+    from workflows.review.store import ReviewStore
 
 eval_app = typer.Typer(help="Evaluate what a build produced.", no_args_is_help=True)
 out = Console()
@@ -149,24 +162,39 @@ def meteor(
 class Entry:
     clip_id: str
     caption: dict[str, str]
+    # the record's one short prompt (None for a record with instances: see ``prompts``)
     short_prompt: str | None
     writer: str | None
+    # every prompt field with text: ``short_prompt``, or ``short_prompt:<instance key>``
+    # per instance of a record with instances
+    prompts: dict[str, str] = field(default_factory=dict)
+    instances: bool = False
 
 
-def _from_record(record: Record, use_edits: bool) -> Entry:
-    caption = record.caption.model_dump() if record.caption else {}
-    prompt = record.short_prompt
-    if use_edits:
-        for key, text in record.review.edits.items():
-            if key in CAPTION_COMPONENTS:
-                caption[key] = text
-            elif key == SHORT_PROMPT:
-                prompt = text
+def entry_of(record: Record, edits: dict[str, str] | None = None) -> Entry:
+    """The record's texts with ``edits`` applied by :func:`apply_review` (the one place
+    human edits replace the machine text); ``{}`` or None gives the machine text."""
+    try:
+        final = apply_review(record, dict(edits or {}))
+    except ValueError as e:
+        raise ValueError(f"review edits of {record.clip_id}: {e}") from e
+    texts = machine_texts(final)
     writer = next(
         (s.details.get("writer") for s in record.provenance.stages if s.stage == "captions"),
         None,
     )
-    return Entry(record.clip_id, caption, prompt, writer)
+    return Entry(
+        record.clip_id,
+        {c: texts[c] for c in CAPTION_COMPONENTS if texts.get(c)},
+        final.short_prompt if final.instances is None else None,
+        writer,
+        {k: v for k, v in texts.items() if is_prompt(k) and v},
+        final.instances is not None,
+    )
+
+
+def _from_record(record: Record, use_edits: bool) -> Entry:
+    return entry_of(record, record.review.edits if use_edits else None)
 
 
 def _from_object(obj: dict[str, Any], where: str, use_edits: bool) -> Entry:
@@ -177,11 +205,13 @@ def _from_object(obj: dict[str, Any], where: str, use_edits: bool) -> Entry:
     if not isinstance(clip_id, str) or not isinstance(caption, dict):
         raise ValueError(f"{where}: expected a record or {{clip_id, caption, short_prompt}}")
     prompt = obj.get("short_prompt")
+    prompt = str(prompt) if prompt is not None else None
     return Entry(
         clip_id,
         {k: str(v) for k, v in caption.items() if v is not None},
-        str(prompt) if prompt is not None else None,
+        prompt,
         obj.get("writer"),
+        {SHORT_PROMPT: prompt} if prompt else {},
     )
 
 
@@ -219,43 +249,74 @@ def _bounds(entry: Entry, choice: str) -> Bounds:
     return Bounds.model_validate(GROUNDED_BOUNDS if grounded else MODEL_BOUNDS)
 
 
-def _texts(entry: Entry, part: str) -> str | None:
+def integrity(entry: Entry, bounds: str = "auto") -> Integrity:
+    """The structural checks of one entry: its caption and every short prompt it has (a
+    record with instances: each instance's, reported under ``short_prompt``)."""
+    b = _bounds(entry, bounds)
+    if not entry.instances:
+        return caption_integrity(entry.caption, entry.short_prompt, b)
+    verdict = caption_integrity(entry.caption, None, b, require_short_prompt=False)
+    found = [
+        f"{name}: {p}"
+        for name, text in sorted(entry.prompts.items())
+        for p in part_problems(SHORT_PROMPT, text, b)
+    ]
+    return Integrity({**verdict.problems, **({SHORT_PROMPT: found} if found else {})})
+
+
+def _texts(entry: Entry, part: str) -> list[tuple[str, str]]:
+    """(field, text) of ``part``: a component, ``overall`` (the six together, only when all
+    are there), ``short_prompt`` (every prompt field) or one ``short_prompt:<key>``."""
     if part == OVERALL:
         parts = [entry.caption.get(c) for c in CAPTION_COMPONENTS]
-        return " ".join(p for p in parts if p) if all(parts) else None
+        return [(OVERALL, " ".join(p for p in parts if p))] if all(parts) else []
     if part == SHORT_PROMPT:
-        return entry.short_prompt
-    return entry.caption.get(part)
+        return sorted(entry.prompts.items())
+    if instance_key(part) is not None:
+        text = entry.prompts.get(part)
+        return [(part, text)] if text else []
+    text = entry.caption.get(part)
+    return [(part, text)] if text else []
 
 
 def _opening(text: str) -> str:
     return " ".join(tokens(text)[:2])
 
 
+def _instance_parts(entries: Iterator[Entry]) -> list[str]:
+    keys = {k for e in entries for k in e.prompts if instance_key(k) is not None}
+    return sorted(keys, key=lambda k: (k.count("+"), k))
+
+
 def evaluate(pred: dict[str, Entry], ref: dict[str, Entry], bounds: str = "auto") -> dict[str, Any]:
-    """The metrics as a JSON-able dict (what ``--json`` prints)."""
+    """The metrics as a JSON-able dict (what ``--json`` prints). Per part: ``pairs`` (texts
+    on both sides), ``changed`` (pairs whose words differ), BLEU-2, ROUGE-L, METEOR."""
     ok = 0
     problems: Counter[str] = Counter()
     for entry in pred.values():
-        verdict = caption_integrity(entry.caption, entry.short_prompt, _bounds(entry, bounds))
+        verdict = integrity(entry, bounds)
         ok += verdict.ok
-        problems.update(verdict.problems.keys())
+        problems.update(k for k, v in verdict.problems.items() if v)
     common = sorted(set(pred) & set(ref))
     metrics: dict[str, dict[str, float | int]] = {}
-    for part in (*CAPTION_COMPONENTS, OVERALL, SHORT_PROMPT):
+    parts = (*CAPTION_COMPONENTS, OVERALL, SHORT_PROMPT, *_instance_parts(iter(pred.values())))
+    for part in parts:
         pairs = []
         for cid in common:
-            c, r = _texts(pred[cid], part), _texts(ref[cid], part)
-            if c and r:
-                pairs.append((tokens(c), tokens(r)))
+            theirs = dict(_texts(ref[cid], part))
+            for name, c in _texts(pred[cid], part):
+                r = theirs.get(name)
+                if r:
+                    pairs.append((tokens(c), tokens(r)))
         n = len(pairs)
         metrics[part] = {
             "pairs": n,
+            "changed": sum(c != r for c, r in pairs),
             "bleu2": round(bleu(pairs), 4) if n else 0.0,
             "rouge_l": round(sum(rouge_l(c, r) for c, r in pairs) / n, 4) if n else 0.0,
             "meteor": round(sum(meteor(c, r) for c, r in pairs) / n, 4) if n else 0.0,
         }
-    prompts = [e.short_prompt for e in pred.values() if e.short_prompt]
+    prompts = [p for e in pred.values() for p in e.prompts.values()]
     counts = [word_count(p) for p in prompts]
     return {
         "pred": len(pred),
@@ -280,22 +341,109 @@ def evaluate(pred: dict[str, Entry], ref: dict[str, Entry], bounds: str = "auto"
     }
 
 
+KEPT_STATES = ("accepted", "edited")
+
+
+def review_entries(store: ReviewStore) -> tuple[dict[str, Entry], dict[str, Entry], dict[str, Any]]:
+    """Machine and human entries of every clip the store's run finally kept (accepted or
+    edited), from the store: the record as it was reviewed, and the same record with the
+    final edits applied (:func:`apply_review`). Also what the review decided, for the
+    report (states, edited fields)."""
+    states = store.final_states()
+    kept = sorted(cid for cid, r in states.items() if r.state in KEPT_STATES)
+    machine: dict[str, Entry] = {}
+    human: dict[str, Entry] = {}
+    edited: Counter[str] = Counter()
+    for clip_id, raw in store.reviewed_records(kept):
+        record = Record.model_validate_json(raw)
+        edits = states[clip_id].edits
+        machine[clip_id] = entry_of(record)
+        human[clip_id] = entry_of(record, edits)
+        edited.update(edits.keys())
+    binding = store.run
+    review = {
+        "store": store.engine.url.render_as_string(hide_password=True),
+        "run": binding.run_key if binding else None,
+        "states": dict(sorted(Counter(r.state for r in states.values()).items())),
+        "compared": len(machine),
+        "edited_fields": dict(sorted(edited.items())),
+    }
+    return machine, human, review
+
+
+def evaluate_review(
+    run_dir: str, db_url: str | None = None, bounds: str = "auto"
+) -> dict[str, Any]:
+    """:func:`evaluate` of the machine text (PRED) against the human final text (REF) of a
+    reviewed run, from its review store; the result has a ``review`` block besides."""
+    from workflows.review import open_store
+
+    store = open_store(run_dir=run_dir, db_url=db_url)
+    try:
+        machine, human, review = review_entries(store)
+    finally:
+        store.close()
+    return {**evaluate(machine, human, bounds), "review": review}
+
+
 @eval_app.command("captions")
 def eval_captions(
-    pred: Annotated[str, typer.Option("--pred", help="run directory or JSONL of predictions")],
-    ref: Annotated[str, typer.Option("--ref", help="run directory or JSONL of references")],
+    pred: Annotated[
+        str | None, typer.Option("--pred", help="run directory or JSONL of predictions")
+    ] = None,
+    ref: Annotated[
+        str | None, typer.Option("--ref", help="run directory or JSONL of references")
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run", help="reviewed run: machine text against the human final text in its store"
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="review store URL for --run (default RUN_DIR/review.db)"),
+    ] = None,
     bounds: Annotated[
         str, typer.Option(help="word bounds for integrity: auto (by writer), model or grounded")
     ] = "auto",
     edits: Annotated[bool, typer.Option(help="apply review edits to both sides")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
-    """Structural integrity of PRED, and BLEU-2 / ROUGE-L / METEOR of PRED against REF."""
+    """Structural integrity of PRED, and BLEU-2 / ROUGE-L / METEOR of PRED against REF; or,
+    with --run, of a reviewed run's machine text against the human final text."""
     if bounds not in ("auto", "model", "grounded"):
         err.print(f"[red]error:[/red] --bounds must be auto, model or grounded, not {bounds!r}")
         raise typer.Exit(2)
+    if run is not None and (pred is not None or ref is not None):
+        err.print("[red]error:[/red] give either --run or --pred and --ref, not both")
+        raise typer.Exit(2)
+    if run is None and (pred is None or ref is None):
+        err.print("[red]error:[/red] give --pred and --ref, or --run (a reviewed run)")
+        raise typer.Exit(2)
+    if run is None and db is not None:
+        err.print("[red]error:[/red] --db goes with --run")
+        raise typer.Exit(2)
+    predicted: dict[str, Entry] = {}
     try:
-        result = evaluate(load_entries(pred, edits), load_entries(ref, edits), bounds)
+        if run is not None:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from workflows.review import ReviewError, open_store
+
+            try:
+                store = open_store(run_dir=run, db_url=db)
+                try:
+                    predicted, reference, review = review_entries(store)
+                finally:
+                    store.close()
+            except (ReviewError, SQLAlchemyError) as e:
+                raise ValueError(f"review store: {e}") from e
+            result = {**evaluate(predicted, reference, bounds), "review": review}
+        else:
+            assert pred is not None and ref is not None
+            predicted = load_entries(pred, edits)
+            result = evaluate(predicted, load_entries(ref, edits), bounds)
     except (ValueError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
@@ -303,17 +451,36 @@ def eval_captions(
         sys.stdout.write(json.dumps(result, indent=1) + "\n")
         return
     integ = result["integrity"]
+    if "review" in result:
+        rv = result["review"]
+        states = ", ".join(f"{k} {v}" for k, v in rv["states"].items()) or "none"
+        out.print(
+            f"review store {rv['store']} (run {rv['run']}): {states}; machine text against "
+            f"the human final text of {rv['compared']} accepted or edited clips",
+            markup=False,
+        )
+        integ_of = "the machine text"
+    else:
+        out.print(
+            f"{result['paired']} clips paired ({result['pred_only']} only in PRED, "
+            f"{result['ref_only']} only in REF)"
+        )
+        integ_of = "PRED"
     out.print(
-        f"{result['paired']} clips paired ({result['pred_only']} only in PRED, "
-        f"{result['ref_only']} only in REF); structural integrity {integ['ok']}/{integ['total']} "
+        f"structural integrity of {integ_of} {integ['ok']}/{integ['total']} "
         f"({100 * integ['rate']:.1f}%)"
     )
     table = Table(title="caption metrics")
-    for col in ("part", "pairs", "BLEU-2", "ROUGE-L", "METEOR"):
+    for col in ("part", "pairs", "changed", "BLEU-2", "ROUGE-L", "METEOR"):
         table.add_column(col)
     for part, m in result["metrics"].items():
         table.add_row(
-            part, str(m["pairs"]), f"{m['bleu2']:.4f}", f"{m['rouge_l']:.4f}", f"{m['meteor']:.4f}"
+            part,
+            str(m["pairs"]),
+            str(m["changed"]),
+            f"{m['bleu2']:.4f}",
+            f"{m['rouge_l']:.4f}",
+            f"{m['meteor']:.4f}",
         )
     out.print(table)
     sp = result["short_prompt"]
@@ -323,7 +490,7 @@ def eval_captions(
     )
     if integ["failing_parts"]:
         out.print(f"parts failing the structural checks: {integ['failing_parts']}")
-        for n, (cid, problems) in enumerate(iter_failing(load_entries(pred, edits), bounds)):
+        for n, (cid, problems) in enumerate(iter_failing(predicted, bounds)):
             if n == 10:
                 out.print("...")
                 break
@@ -333,6 +500,6 @@ def eval_captions(
 def iter_failing(pred: dict[str, Entry], bounds: str = "auto") -> Iterator[tuple[str, str]]:
     """(clip id, problems) of every prediction that fails the structural checks."""
     for cid, entry in sorted(pred.items()):
-        verdict = caption_integrity(entry.caption, entry.short_prompt, _bounds(entry, bounds))
+        verdict = integrity(entry, bounds)
         if not verdict.ok:
             yield cid, verdict.summary()

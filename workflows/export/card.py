@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -38,7 +39,81 @@ COLUMNS = [
 def _rows(storage: Storage, manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for shard in manifest["shards"]:
         with storage.open(shard["path"]) as f:
-            yield from pq.read_table(f, columns=COLUMNS).to_pylist()
+            names = set(pq.read_schema(f).names)
+            f.seek(0)
+            # curation scores, where the shards carry them
+            columns = [*COLUMNS, *(["scores"] if "scores" in names else [])]
+            yield from pq.read_table(f, columns=columns).to_pylist()
+
+
+def score_distributions(
+    rows: list[dict[str, Any]],
+    scores: dict[str, dict[str, float]] | None = None,
+    curation: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per score name, its values over the exported clips (once per clip) and the recipe's
+    condition on it (``curation.keep``), if any. Scores come from the rows' ``scores``
+    column where the shards carry one, else from ``scores`` (clip_id -> scores, as the run
+    export passes from the reviewed records)."""
+    keep: dict[str, str] = dict((curation or {}).get("keep") or {})
+    values: dict[str, list[float]] = defaultdict(list)
+    seen: set[str] = set()
+    for row in rows:
+        clip_id = row["clip_id"]
+        if clip_id in seen:
+            continue
+        seen.add(clip_id)
+        clip_scores = row.get("scores") or (scores or {}).get(clip_id) or {}
+        if isinstance(clip_scores, list):  # an Arrow map column reads back as key/value pairs
+            clip_scores = dict(clip_scores)
+        for name, value in clip_scores.items():
+            if value is not None:
+                values[name].append(float(value))
+    return {
+        name: {
+            "values": values[name],
+            "condition": keep.get(name),
+            "min": min(values[name]),
+            "max": max(values[name]),
+            "mean": round(sum(values[name]) / len(values[name]), 4),
+        }
+        for name in sorted(values)
+    }
+
+
+def _score_file(name: str) -> str:
+    return "score_" + re.sub(r"[^A-Za-z0-9_-]", "-", name) + ".png"
+
+
+def _threshold(condition: str | None) -> float | None:
+    if not condition:
+        return None
+    try:
+        return float(condition.lstrip("<>=! "))
+    except ValueError:
+        return None
+
+
+def _score_png(name: str, values: list[float], condition: str | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.hist(values, bins=min(30, max(5, len(set(values)))), color="#4a78b5", edgecolor="white")
+    threshold = _threshold(condition)
+    if threshold is not None:
+        ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"keep {condition}")
+        ax.legend(loc="upper right")
+    ax.set_title(f"{name} (exported clips)")
+    ax.set_xlabel(name)
+    ax.set_ylabel("clips")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _words(text: str) -> int:
@@ -235,11 +310,25 @@ def _range(values: list[int]) -> str:
     return f"{min(values)}-{max(values)} (mean {sum(values) / len(values):.1f})"
 
 
-def write_card(shards_dir: str, review_stats: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write README.md and the plots into SHARDS_DIR; returns the statistics it used."""
+def write_card(
+    shards_dir: str,
+    review_stats: dict[str, Any] | None = None,
+    *,
+    scores: dict[str, dict[str, float]] | None = None,
+    curation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write README.md and the plots into SHARDS_DIR; returns the statistics it used.
+
+    ``curation`` is the run's recipe block (its ``keep`` thresholds become lines on the
+    score histograms); ``scores`` (clip_id -> scores) stands in for shards without a
+    ``scores`` column."""
     storage = Storage(shards_dir)
     manifest = json.loads(storage.read(MANIFEST))
-    stats = card_statistics(list(_rows(storage, manifest)), review_stats)
+    rows = list(_rows(storage, manifest))
+    stats = card_statistics(rows, review_stats)
+    stats["scores"] = score_distributions(rows, scores, curation)
+    for name, dist in stats["scores"].items():
+        storage.write_atomic(_score_file(name), _score_png(name, dist["values"], dist["condition"]))
     storage.write_atomic(
         "caption_words.png",
         _histogram_png(
@@ -368,6 +457,30 @@ def _flag_lines(stats: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _score_lines(scores: dict[str, dict[str, Any]]) -> list[str]:
+    if not scores:
+        return []
+    lines = [
+        "## Curation scores",
+        "",
+        "Scores of the exported clips; clips that failed the recipe's conditions were",
+        "dropped before the condition stages and are not in the dataset (the dashed line is",
+        "the threshold).",
+        "",
+        "| score | clips | min | mean | max | recipe keeps |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, d in scores.items():
+        lines.append(
+            f"| {name} | {len(d['values'])} | {d['min']:.4g} | {d['mean']:.4g} | {d['max']:.4g} "
+            f"| {d['condition'] or '-'} |"
+        )
+    lines.append("")
+    lines += [f"![{name}]({_score_file(name)})" for name in scores]
+    lines.append("")
+    return lines
+
+
 def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
     n = stats["rows"]
     lines = [
@@ -426,7 +539,9 @@ def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
         lines += [f"- {label}: {count}" for label, count in stats["camera_labels"].items()]
     else:
         lines.append("No record has a camera condition.")
-    lines += ["", "![camera motion labels](camera_labels.png)", "", "## Review", ""]
+    lines += ["", "![camera motion labels](camera_labels.png)", ""]
+    lines += _score_lines(stats.get("scores") or {})
+    lines += ["## Review", ""]
     lines += _review_lines(stats["review"])
     edited = stats["edited_components"]
     lines += [

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,7 +23,10 @@ def verify(
     shards_dir: Annotated[str, typer.Argument(help="folder or URI written by any2cap export")],
     as_json: Annotated[bool, typer.Option("--json", help="print problems as JSON")] = False,
 ) -> None:
-    """Re-check every shard's checksum, row count and schema against the manifest."""
+    """Re-check every shard's checksum, row count and schema against the manifest.
+
+    Exit 0 when every shard is intact, 1 when a problem was found (each one is listed).
+    """
     problems = verify_shards(shards_dir)
     if as_json:
         sys.stdout.write(json.dumps({"ok": not problems, "problems": problems}) + "\n")
@@ -29,8 +35,43 @@ def verify(
             err.print(f"[red]{p}[/red]")
         if not problems:
             err.print(f"{shards_dir}: every shard verified")
-    if problems:
-        raise typer.Exit(1)
+    _leave(1 if problems else 0)
+
+
+def _started_as_any2cap() -> bool:
+    """Whether this process is the ``any2cap`` program itself (console script or
+    ``python -m workflows.cli``), not a Python program that called the CLI in-process."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name == "workflows.cli":
+        return True
+    return Path(sys.argv[0]).name.removesuffix(".exe") == "any2cap"
+
+
+def _leave(code: int) -> NoReturn:
+    """End ``shards verify`` with CODE, and make sure nothing after the verdict changes it.
+
+    Why ``os._exit``: the verdict is the exit code (scripts and CI read it), but a plain
+    interpreter exit still runs the C++ static destructors of the native libraries this
+    process loaded. pyarrow's thread pools are torn down there, and a pool thread that is
+    still joinable makes ``std::thread``'s destructor call ``std::terminate``: "terminate
+    called without an active exception", SIGABRT, exit 134, after "every shard verified"
+    was printed (about 2% of runs on a loaded machine; apache/arrow#34314). verify_shards
+    no longer starts those pools, but the ``any2cap`` import graph also loads OpenCV, PyAV
+    and, for s3:// or gs:// folders, fsspec's event-loop thread, any of which can do the
+    same. So once everything is written and flushed, the process leaves without running
+    destructors or atexit handlers: this command has nothing left to clean up (it only
+    read files). Called in-process (CliRunner, a notebook, another program), it raises
+    ``typer.Exit`` as usual and leaves the caller's interpreter alone.
+    """
+    if not _started_as_any2cap():
+        raise typer.Exit(code)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        code = code or 120  # what Python itself returns when stdout cannot be flushed at exit
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def export(
@@ -55,9 +96,21 @@ def export(
     rewrite: Annotated[
         bool, typer.Option("--rewrite", help="delete what OUT holds and export everything again")
     ] = False,
+    corrections: Annotated[
+        bool,
+        typer.Option(
+            "--corrections",
+            help="write the correction dataset instead: one row per field a human changed or "
+            "rejected (OUT/corrections-<run>.parquet)",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Write the accepted and edited records of a reviewed run to Parquet shards.
+
+    With --corrections: write OUT/corrections-<run>.parquet instead, one row per field a
+    human edited (machine and human text) or rejected (human text null), from the store's
+    final decisions; rewritten whole and atomically each time.
 
     Only records whose final review state is accepted or edited go out (human text wins;
     the machine text stays in machine_* columns). Re-running adds only records not yet in
@@ -70,6 +123,9 @@ def export(
     from workflows.export.run import export_run
     from workflows.review import ReviewError
 
+    if corrections:
+        _export_corrections(run, out, db, as_json)
+        return
     try:
         report = export_run(
             run,
@@ -109,3 +165,29 @@ def export(
         err.print(f"dataset card: {report.shards.shards_dir}/README.md")
     if data["incomplete"]:
         raise typer.Exit(1)
+
+
+def _export_corrections(run: str, out: str, db: str | None, as_json: bool) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workflows.export.corrections import export_corrections
+    from workflows.review import ReviewError
+
+    try:
+        report = export_corrections(run, out, db_url=db)
+    except (ExportError, ReviewError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    except SQLAlchemyError as e:
+        err.print(f"[red]error:[/red] cannot open the review store: {e}")
+        raise typer.Exit(2) from e
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_json()) + "\n")
+        return
+    states = ", ".join(f"{k} {v}" for k, v in report.states.items()) or "none"
+    err.print(f"review states: {states}")
+    err.print(
+        f"wrote {report.rows} correction rows ({report.edits} edited fields, {report.rejects} "
+        f"rejected) of {report.clips} clips to {report.path}",
+        markup=False,
+    )

@@ -136,5 +136,11 @@ def export_run(
         not_in_store=len(on_disk - set(states)),
     )
     if card:
-        result.card = write_card(shards_dir, stats)
+        # the score histograms: scores from the reviewed records, thresholds from the recipe
+        result.card = write_card(
+            shards_dir,
+            stats,
+            scores={item.record.clip_id: item.record.scores for item in items},
+            curation=(info.recipe.get("curation") if info else None),
+        )
     return result

@@ -141,6 +141,49 @@ def ingest_cmd(
         raise typer.Exit(1)
 
 
+@review_app.command("writeback")
+def writeback_cmd(
+    run: Annotated[
+        str, typer.Option("--run", help="run directory whose records get the decisions")
+    ],
+    db: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Write the store's final decisions into RUN_DIR's records (``record.review``: status,
+    reviewer, decided_at, reason, edits), each record atomically; only records whose review
+    block changes are rewritten. Exit 1 when a record could not take its review (listed)."""
+    from workflows.review.writeback import writeback
+
+    store = _open(run, db)
+    try:
+        report = writeback(store, run)
+    except (OSError, ValueError) as e:
+        raise _fail(e) from e
+    finally:
+        store.close()
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_json()) + "\n")
+    else:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(report.states.items())) or "none"
+        err.print(
+            f"writeback: {report.written} records written, {report.unchanged} already up to "
+            f"date; review states: {states}; {report.not_in_store} records not in the store"
+        )
+        if report.missing:
+            err.print(
+                f"[yellow]{len(report.missing)} reviewed clips have no record in {run}[/yellow]"
+            )
+        if report.changed_since_review:
+            err.print(
+                f"[yellow]{len(report.changed_since_review)} records changed since they were "
+                "reviewed[/yellow] (review block written; export uses the reviewed copy)"
+            )
+        for clip_id, why in report.skipped:
+            err.print(f"[yellow]not written {clip_id}:[/yellow] {why}")
+    if report.skipped:
+        raise typer.Exit(1)
+
+
 @review_app.command("policy")
 def policy_cmd(
     run: Annotated[str, typer.Option("--run", help="run directory")],

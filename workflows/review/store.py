@@ -614,7 +614,8 @@ class ReviewStore:
     def ingest(self, actor: str = "ingest") -> IngestReport:
         """Queue the run's records. Idempotent: records already in the store, unchanged, add
         nothing. A record whose machine text changed is updated only while no human has
-        touched it; afterwards the reviewed version is kept and the change is counted."""
+        touched it; afterwards the reviewed version is kept and the change is counted.
+        The records' ``review`` block is not part of the queued copy (see :mod:`writeback`)."""
         run = self._bound()
         report = IngestReport()
         rundir = RunDir(run.root)
@@ -625,6 +626,10 @@ class ReviewStore:
             except (OSError, ValueError, ValidationError) as e:
                 report.invalid.append((name, f"{type(e).__name__}: {e}"[:500]))
                 continue
+            # The review block is the store's output (``any2cap review writeback`` writes it
+            # into the run's records), not machine text: it is left out of the queued copy
+            # and of the comparison, so a written-back run re-ingests as unchanged.
+            record = record.model_copy(update={"review": ReviewState()})
             canonical = record.model_dump_json()
             parsed.append((record, canonical, hashlib.sha256(canonical.encode()).hexdigest()))
         parsed.sort(key=lambda p: (p[0].clip.source_uri, p[0].clip.start_s, p[0].clip_id))
