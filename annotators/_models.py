@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from annotators.base import MissingDependency
 
@@ -121,3 +122,20 @@ def model_file(
         raise MissingDependency(
             f"{what} model {spec} is not available ({first}). {fetch(repo, name)}{more}"
         ) from e
+
+
+def torch_device(stage: str, device: str, threads: int | None) -> tuple[Any, Any]:
+    """(torch device, dtype) a torch stage runs with: ``cuda`` (fp16) when asked for or, with
+    ``auto``, when the worker sees a GPU; else CPU (fp32) with ``threads`` set when given.
+    ``cuda`` without a visible GPU is a MissingDependency, never a silent CPU run."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MissingDependency(
+            f"{stage}: device 'cuda' was asked for but this worker sees no CUDA GPU "
+            "(give the stage num_gpus > 0, or use device: auto)"
+        )
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device("cuda" if use_cuda else "cpu"), torch.float16 if use_cuda else torch.float32

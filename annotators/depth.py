@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from annotators._media import decode_mp4, encode_mp4, playback_fps
-from annotators._models import fetch_hint, hub_cache_only, model_folder_problem
+from annotators._models import fetch_hint, hub_cache_only, model_folder_problem, torch_device
 from annotators.base import (
     Annotator,
     AnnotatorConfig,
@@ -468,20 +468,10 @@ class DepthAnnotator(Annotator):
             raise MissingDependency(cls._how_to_provide(model, problem))
 
     def setup(self) -> None:
-        import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         cfg = self.config
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise MissingDependency(
-                "depth: device 'cuda' was asked for but this worker sees no CUDA GPU "
-                "(give the stage num_gpus > 0, or use device: auto)"
-            )
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda" if use_cuda else "cpu")
-        self.dtype = torch.float16 if use_cuda else torch.float32
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.device, self.dtype = torch_device("depth", cfg.device, cfg.threads)
         source, local_only = self._locate(cfg.model)
         try:
             self.processor = AutoImageProcessor.from_pretrained(  # type: ignore[no-untyped-call]

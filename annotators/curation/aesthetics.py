@@ -24,6 +24,7 @@ from annotators._models import (
     hub_file,
     looks_like_path,
     model_folder_problem,
+    torch_device,
 )
 from annotators._models import model_file as find_model_file
 from annotators.base import AnnotatorConfig, ClipInput, FrameSampling, MissingDependency, Resources
@@ -227,16 +228,7 @@ class AestheticsAnnotator(ScoreAnnotator):
         from transformers.utils import logging as transformers_logging
 
         cfg = self.config
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise MissingDependency(
-                "aesthetics: device 'cuda' was asked for but this worker sees no CUDA GPU "
-                "(give the stage num_gpus > 0, or use device: auto)"
-            )
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda" if use_cuda else "cpu")
-        self.dtype = torch.float16 if use_cuda else torch.float32
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.device, self.dtype = torch_device("aesthetics", cfg.device, cfg.threads)
         source, local = locate_clip(cfg.clip_model)
         local_only = local or hub_cache_only()
         try:
