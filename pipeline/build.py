@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.curation import parse_rules, rule_key, would_drop
 from pipeline.engine import EXECUTORS, dedup_plan
 from pipeline.fit import ResourceFit, fit_to_ray
+from pipeline.progress import ProgressTracker, ProgressView, Ticker
 from pipeline.recipe import ResolvedRecipe
 from pipeline.rundir import RunDir, RunInfo
 from pipeline.sources import SourceItem
@@ -99,7 +101,9 @@ class RunReport(BaseModel):
     )
 
 
-ProgressFn = Callable[[int, int], None]
+# Called with the build's live figures every ``progress_tick_s`` from a thread, and once
+# more at the end with ``view.finished`` set (pipeline/progress.py).
+ProgressFn = Callable[[ProgressView], None]
 NotifyFn = Callable[[str], None]
 
 
@@ -116,6 +120,7 @@ def run_build(
     executor: str = "ray",
     progress: ProgressFn | None = None,
     notify: NotifyFn = _to_stderr,
+    progress_tick_s: float = 0.5,
 ) -> RunReport:
     """Run ``resolved`` over ``sources`` into ``run_root``.
 
@@ -123,6 +128,9 @@ def run_build(
     (:mod:`pipeline.fit`): on local Ray they are scaled down to fit, and ``notify`` gets one
     line saying so; on a cluster that lacks the resources, :class:`ResourceRefusal` is
     raised before the run directory is touched.
+
+    ``progress`` gets a :class:`ProgressView` (per stage: done / total, clips/s, failures,
+    ETA) every ``progress_tick_s`` seconds while the build runs, and a last one at the end.
     """
     fit: ResourceFit | None = None
     if executor == "ray":
@@ -131,7 +139,18 @@ def run_build(
             notify(fit.line())
     run_dir = RunDir(run_root)
     with run_dir.exclusive():
-        return _run_locked(resolved, sources, run_dir, limit, executor, progress, fit)
+        if progress is None:
+            return _run_locked(resolved, sources, run_dir, limit, executor, None, fit)
+        tracker = ProgressTracker([s.name for s in resolved.stages], len(sources), limit)
+        ticker = Ticker(tracker, progress, progress_tick_s).start()
+        try:
+            report = _run_locked(resolved, sources, run_dir, limit, executor, tracker, fit)
+        finally:
+            ticker.stop()
+        tracker.finish()
+        with contextlib.suppress(Exception):  # the display's last line is not worth a build
+            progress(tracker.view(finished=True))
+        return report
 
 
 def _run_locked(
@@ -140,7 +159,7 @@ def _run_locked(
     run_dir: RunDir,
     limit: int | None,
     executor: str,
-    progress: ProgressFn | None,
+    progress: ProgressTracker | None,
     fit: ResourceFit | None = None,
 ) -> RunReport:
     run_id = new_run_id()
@@ -175,7 +194,13 @@ def _run_locked(
     no_instances = 0
     warnings: dict[str, None] = {}  # ordered set: one warning per source, not per clip
     rows = EXECUTORS[executor](
-        resolved, [s.to_row() for s in sources], run_dir.root, artifacts_root, run_id, limit
+        resolved,
+        [s.to_row() for s in sources],
+        run_dir.root,
+        artifacts_root,
+        run_id,
+        limit,
+        progress=progress,
     )
     for row in rows:
         if row["failure"]:
@@ -210,7 +235,7 @@ def _run_locked(
             seconds[stage] += secs
             clips[stage] += 1
         if progress is not None:
-            progress(ok, failed)
+            progress.row_out(failed=bool(row["failure"]), filtered=bool(row.get("filtered")))
 
     wall = time.perf_counter() - t0
     by_stage: dict[str, dict[str, int]] = defaultdict(dict)

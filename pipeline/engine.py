@@ -24,6 +24,7 @@ import pyarrow as pa
 from annotators import PROVENANCE_KEY, ClipInput
 from pipeline.curation import DedupConfig
 from pipeline.dedup import DedupKey, dedup_run
+from pipeline.progress import PROBE, ProgressTracker, RayProgress, Reporter, safe_report
 from pipeline.recipe import ResolvedRecipe, SpanConfig, StageSpec
 from pipeline.rundir import RunDir, StageMarker
 from pipeline.sources import BadManifestRow
@@ -185,8 +186,10 @@ class StageActor:
         artifacts_root: str,
         run_id: str,
         readers: list[str],
+        progress: Reporter | None = None,
     ) -> None:
         self.spec = spec
+        self.progress = progress  # gets this stage's counts after every batch
         self.annotator = spec.build()
         self.run_dir = RunDir(run_root)
         self.artifacts = ArtifactStore(artifacts_root)
@@ -204,15 +207,35 @@ class StageActor:
         return pa.Table.from_pylist(self.process(rows), schema=ROW_SCHEMA)
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        live = [i for i, row in enumerate(rows) if not (row["failure"] or row.get("filtered"))]
+        resumed = self._process(rows, live)
+        if self.progress is not None:
+            safe_report(
+                self.progress,
+                self.spec.name,
+                {
+                    "done": len(live),
+                    "failed": sum(1 for i in live if rows[i]["failure"]),
+                    "filtered": sum(
+                        1 for i in live if not rows[i]["failure"] and rows[i].get("filtered")
+                    ),
+                    "skipped": resumed,
+                },
+            )
+        return rows
+
+    def _process(self, rows: list[dict[str, Any]], live: list[int]) -> int:
+        """Run (or resume) the live rows in place; returns how many came from markers."""
         spec = self.spec
         pending: list[tuple[int, ClipInput, float]] = []
         self._readers_used = {}
-        for i, row in enumerate(rows):
-            if row["failure"] or row.get("filtered"):
-                continue
+        resumed_count = 0
+        for i in live:
+            row = rows[i]
             record = Record.model_validate_json(row["record"])
             marker = self.run_dir.load_marker(spec.name, record.clip_id)
             if marker is not None and marker.config_hash == spec.config_hash:
+                resumed_count += 1
                 resumed = apply_output(record, marker.output, marker.provenance)
                 row["record"] = resumed.model_dump_json()
                 row["skipped"] = json.dumps([*json.loads(row["skipped"]), spec.name])
@@ -244,7 +267,7 @@ class StageActor:
             self._readers_used[i] = sampled.reader
         if pending:
             self._annotate(rows, pending)
-        return rows
+        return resumed_count
 
     def _call_annotator(self, inputs: list[ClipInput]) -> list[dict[str, Any] | BaseException]:
         outputs = self.annotator(inputs)
@@ -381,8 +404,19 @@ def _finalize_batch(batch: pa.Table, run_root: str) -> pa.Table:
     return pa.Table.from_pylist(finalize_rows(batch.to_pylist(), run_root), schema=ROW_SCHEMA)
 
 
-def _probe_batch(batch: pa.Table, **kwargs: Any) -> pa.Table:
-    rows = [r for item in batch.to_pylist() for r in probe_source(item, **kwargs)]
+def probe_counts(sources: int, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """The probe's progress report: sources probed, rows out, failure rows among them."""
+    return {
+        "done": sources,
+        "rows": len(rows),
+        "failed": sum(1 for r in rows if r["failure"]),
+    }
+
+
+def _probe_batch(batch: pa.Table, progress: Reporter | None = None, **kwargs: Any) -> pa.Table:
+    items = batch.to_pylist()
+    rows = [r for item in items for r in probe_source(item, **kwargs)]
+    safe_report(progress, PROBE, probe_counts(len(items), rows))
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
@@ -493,12 +527,48 @@ def run_ray(
     artifacts_root: str,
     run_id: str,
     limit: int | None,
+    progress: ProgressTracker | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Stream the summary rows of a build executed by Ray Data."""
+    """Stream the summary rows of a build executed by Ray Data.
+
+    With ``progress``, the probe tasks and stage actors report to a counter actor that a
+    driver thread copies into the tracker every half second (pipeline/progress.py)."""
+    ensure_ray()
+    live: RayProgress | None = None
+    if progress is not None:
+        try:
+            live = RayProgress(progress)
+        except Exception:
+            logging.getLogger(__name__).warning("no live progress", exc_info=True)
+    finished = False
+    try:
+        yield from _run_ray(
+            resolved,
+            sources,
+            run_root,
+            artifacts_root,
+            run_id,
+            limit,
+            live.reporter if live is not None else None,
+        )
+        finished = True
+    finally:
+        if live is not None:
+            live.close(settle_s=2.0 if finished else 0.0)
+
+
+def _run_ray(
+    resolved: ResolvedRecipe,
+    sources: list[dict[str, Any]],
+    run_root: str,
+    artifacts_root: str,
+    run_id: str,
+    limit: int | None,
+    reporter: Reporter | None,
+) -> Iterator[dict[str, Any]]:
     import ray
     import ray.data
 
-    ensure_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -518,6 +588,7 @@ def run_ray(
             "recipe_hash": resolved.recipe_hash,
             "run_id": run_id,
             "stages_left_out": resolved.left_out,
+            "progress": reporter,
         },
     )
     if limit is not None:
@@ -539,6 +610,7 @@ def run_ray(
                 "artifacts_root": artifacts_root,
                 "run_id": run_id,
                 "readers": list(recipe.readers),
+                "progress": reporter,
             },
         )
         if dedup is not None and spec.name == dedup[0]:
@@ -552,7 +624,9 @@ def run_ray(
                     _dedup_keys_batch, batch_format="pyarrow", num_cpus=resolved.task_cpus
                 ).iter_rows()
             ]
-            drops = ray.put(decide_duplicates(keys, resolved, run_root))
+            dropped = decide_duplicates(keys, resolved, run_root)
+            safe_report(reporter, spec.name, {"filtered": len(dropped)})
+            drops = ray.put(dropped)
             ds = ds.map_batches(
                 _mark_duplicates_batch,  # type: ignore[arg-type]  # fn_kwargs fills ``drops``
                 batch_format="pyarrow",
@@ -574,35 +648,41 @@ def run_local(
     artifacts_root: str,
     run_id: str,
     limit: int | None,
+    progress: ProgressTracker | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The same stages called in a plain loop in this process (baseline and debugging)."""
+    """The same stages called in a plain loop in this process (baseline and debugging);
+    ``progress`` gets each batch's counts directly."""
     recipe = resolved.recipe
+    reporter = progress.add if progress is not None else None
     rows: list[dict[str, Any]] = []
     for item in sources:
-        rows.extend(
-            probe_source(
-                item,
-                recipe.spans.model_dump(),
-                run_root,
-                recipe.name,
-                resolved.recipe_hash,
-                run_id,
-                resolved.left_out,
-            )
+        probed = probe_source(
+            item,
+            recipe.spans.model_dump(),
+            run_root,
+            recipe.name,
+            resolved.recipe_hash,
+            run_id,
+            resolved.left_out,
         )
+        safe_report(reporter, PROBE, probe_counts(1, probed))
+        rows.extend(probed)
     if limit is not None:
         rows = rows[:limit]
     dedup = dedup_plan(resolved)
     for spec in resolved.stages:
-        actor = StageActor(spec, run_root, artifacts_root, run_id, list(recipe.readers))
+        actor = StageActor(
+            spec, run_root, artifacts_root, run_id, list(recipe.readers), progress=reporter
+        )
         size = spec.resources.batch_size
         rows = [r for i in range(0, len(rows), size) for r in actor.process(rows[i : i + size])]
         if dedup is not None and spec.name == dedup[0]:
-            rows = mark_duplicates(rows, decide_duplicates(dedup_keys(rows), resolved, run_root))
+            drops = decide_duplicates(dedup_keys(rows), resolved, run_root)
+            safe_report(reporter, spec.name, {"filtered": len(drops)})
+            rows = mark_duplicates(rows, drops)
     yield from finalize_rows(rows, run_root)
 
 
-Executor = Callable[
-    [ResolvedRecipe, list[dict[str, Any]], str, str, str, int | None], Iterator[dict[str, Any]]
-]
+# (resolved, sources, run_root, artifacts_root, run_id, limit, progress=None) -> summary rows
+Executor = Callable[..., Iterator[dict[str, Any]]]
 EXECUTORS: dict[str, Executor] = {"ray": run_ray, "local": run_local}

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from annotators import MissingDependency
@@ -57,7 +56,13 @@ def build(
     executor: Annotated[
         str, typer.Option(help="ray (default; RAY_ADDRESS joins a cluster) or local (plain loop)")
     ] = "ray",
-    progress: Annotated[bool, typer.Option(help="live progress display")] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            help="live progress per stage (done/total, clips/s, failures, ETA): bars on a "
+            "terminal, else a plain stderr line every ANY2CAP_PROGRESS_INTERVAL_S (60) seconds"
+        ),
+    ] = True,
     skip_unavailable: Annotated[
         bool,
         typer.Option(
@@ -70,6 +75,7 @@ def build(
     """Run RECIPE over the clips in INPUT into RUN_DIR; re-running resumes."""
     from pipeline.build import run_build
     from pipeline.fit import ResourceRefusal
+    from workflows.progress_display import make_display
     from workflows.recipes import load_recipe
 
     if executor not in ("ray", "local"):
@@ -106,19 +112,7 @@ def build(
         + (f", left out: {', '.join(resolved.left_out)}" if resolved.left_out else "")
         + f"), {len(sources)} sources -> {out_dir} on {where}"
     )
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not progress,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def update(ok: int, failed: int) -> None:
-            bar.update(task, description=f"{ok} records, {failed} failures")
-
+    with make_display(progress, err, [s.name for s in resolved.stages]) as display:
         try:
             report = run_build(
                 resolved,
@@ -126,7 +120,7 @@ def build(
                 out_dir,
                 limit=limit,
                 executor=executor,
-                progress=update,
+                progress=display.update if progress else None,
                 notify=lambda line: err.print(line, markup=False, soft_wrap=True),
             )
         except (RunDirBusy, ResourceRefusal, MissingDependency) as e:
