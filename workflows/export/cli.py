@@ -104,9 +104,30 @@ def export(
             "rejected (OUT/corrections-<run>.parquet)",
         ),
     ] = False,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="parquet (default), sft (ShareGPT JSONL + media for LLaMA-Factory / ms-swift) "
+            "or webdataset (tar shards: clip mp4 + json + txt + condition files)",
+        ),
+    ] = "parquet",
+    sft_identities: Annotated[
+        str,
+        typer.Option(
+            "--sft-identities", help="sft: identities as the stitched 'reference' or each 'crops'"
+        ),
+    ] = "reference",
+    sft_camera: Annotated[
+        str,
+        typer.Option(
+            "--sft-camera", help="sft: camera trajectory 'inline' (RealEstate10K text) or 'path'"
+        ),
+    ] = "inline",
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Write the accepted and edited records of a reviewed run to Parquet shards.
+    """Write the accepted and edited records of a reviewed run to shards (Parquet by
+    default; --format sft or webdataset for trainers' own formats, one format per folder).
 
     With --corrections: write OUT/corrections-<run>.parquet instead, one row per field a
     human edited (machine and human text) or rejected (human text null), from the store's
@@ -134,6 +155,9 @@ def export(
             shard_size_mb=shard_size_mb,
             embed_payloads=embed_payloads,
             rewrite=rewrite,
+            format=format,
+            sft_identities=sft_identities,
+            sft_camera=sft_camera,
         )
     except (ExportError, ReviewError, FileNotFoundError) as e:
         err.print(f"[red]error:[/red] {e}")
@@ -162,7 +186,8 @@ def export(
             err.print(f"removed {orphan}, left by a killed export (its records went out again)")
         for item in data["incomplete"]:
             err.print(f"[yellow]not exported {item['clip_id']}:[/yellow] {item['why']}")
-        err.print(f"dataset card: {report.shards.shards_dir}/README.md")
+        if format == "parquet":
+            err.print(f"dataset card: {report.shards.shards_dir}/README.md")
     if data["incomplete"]:
         raise typer.Exit(1)
 

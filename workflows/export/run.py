@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pipeline.rundir import RunDir
 from schemas import Record
 from workflows.export.card import write_card
+from workflows.export.formats import ShardFormat
 from workflows.export.shards import (
     EXPORTED_STATES,
     ExportError,
@@ -89,9 +90,26 @@ def export_run(
     embed_payloads: bool = True,
     rewrite: bool = False,
     card: bool = True,
+    format: str = "parquet",
+    sft_identities: str = "reference",
+    sft_camera: str = "inline",
 ) -> RunExportReport:
     """Write the run's accepted and edited records to SHARDS_DIR (only those not already
-    there), then the dataset card over everything SHARDS_DIR holds."""
+    there), then the dataset card over everything SHARDS_DIR holds (Parquet only: the card
+    reads the Parquet shards).
+
+    ``format``: ``parquet`` (default), ``sft`` (ShareGPT JSONL + media; ``sft_identities``
+    ``reference`` or ``crops``, ``sft_camera`` ``inline`` or ``path``) or ``webdataset``.
+    """
+    fmt: str | ShardFormat = format
+    if format == "sft":
+        from workflows.export.formats.sft import SftFormat
+
+        try:
+            fmt = SftFormat(identities=sft_identities, camera=sft_camera)
+        except ValueError as e:
+            raise ExportError(str(e)) from e
+    card = card and format == "parquet"
     store = open_store(run_dir=run_dir, db_url=db_url)
     try:
         binding = store.run
@@ -121,6 +139,7 @@ def export_run(
             run_ids=run_ids,
             review_snapshot=snapshot,
             rewrite=rewrite,
+            format=fmt,
         )
         report.incomplete[:0] = incomplete
         stats = review_stats(store) if card else {}

@@ -46,6 +46,7 @@ from schemas import (
     utc_now,
 )
 from schemas._arrow import SCHEMA_VERSION_KEY
+from workflows.export.formats.base import FORMATS, ShardFormat
 from workflows.review.text import apply_review
 
 MANIFEST = "_manifest.json"
@@ -243,20 +244,102 @@ def row_groups_of(source: bytes | BinaryIO) -> list[int]:
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
+class ParquetFormat(ShardFormat):
+    """The default: Parquet shards of ``ShardRow`` (zstd), payloads embedded or referenced."""
+
+    name = "parquet"
+    suffix = ".parquet"
+    needs_payloads = False
+
+    def __init__(self, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        self.row_group_rows = row_group_rows
+
+    def encode(self, rows: list[ShardRow], storage: Storage, entry: dict[str, Any]) -> bytes:
+        data = _parquet_bytes(rows, self.row_group_rows)
+        entry["row_groups"] = row_groups_of(data)
+        return data
+
+    def instance_ids(self, storage: Storage, rel: str) -> list[str]:
+        with storage.open(rel) as f:
+            ids: list[str] = (
+                pq.read_table(f, columns=["instance_id"]).column("instance_id").to_pylist()
+            )
+        return ids
+
+    def check(
+        self, data: bytes, shard: dict[str, Any], storage: Storage
+    ) -> tuple[list[str], list[str]]:
+        rel = shard["path"]
+        problems: list[str] = []
+        try:
+            # Single-threaded on purpose: ``pq.read_table`` starts Arrow's CPU and I/O
+            # thread pools, whose teardown at interpreter exit can abort the process
+            # ("terminate called without an active exception", apache/arrow#34314) after
+            # the verdict is out. One shard at a time is fast enough for a check.
+            table = pq.ParquetFile(io.BytesIO(data), pre_buffer=False).read(use_threads=False)
+        except (pa.ArrowInvalid, OSError) as e:
+            return [f"{rel}: not readable as Parquet: {e}"], []
+        if table.num_rows != shard["rows"]:
+            problems.append(f"{rel}: {table.num_rows} rows, manifest says {shard['rows']}")
+        groups = row_groups_of(data)
+        if "row_groups" in shard and groups != shard["row_groups"]:
+            problems.append(f"{rel}: row groups {groups}, manifest says {shard['row_groups']}")
+        version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"").decode()
+        if version != SCHEMA_VERSION:
+            problems.append(f"{rel}: schema version {version!r}, expected {SCHEMA_VERSION}")
+        elif not table.schema.equals(arrow_schema(ShardRow)):
+            problems.append(f"{rel}: columns differ from schema version {SCHEMA_VERSION}")
+        if "instance_id" not in table.column_names:
+            return problems, []  # reported above: the columns differ
+        return problems, table.column("instance_id").to_pylist()
+
+
+def shard_format(name: str, row_group_rows: int = ROW_GROUP_ROWS) -> ShardFormat:
+    """The writer of one ``--format``."""
+    if name == "parquet":
+        return ParquetFormat(row_group_rows)
+    if name == "sft":
+        from workflows.export.formats.sft import SftFormat
+
+        return SftFormat()
+    if name == "webdataset":
+        from workflows.export.formats.webdataset import WebDatasetFormat
+
+        return WebDatasetFormat()
+    raise ExportError(f"unknown export format {name!r} (one of {', '.join(FORMATS)})")
+
+
 class Manifest:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, shard_format: str | None = None) -> None:
+        """The folder's manifest; SHARD_FORMAT (when given) must be what the folder holds."""
         self.storage = storage
         try:
             self.data: dict[str, Any] = json.loads(storage.read(MANIFEST))
         except FileNotFoundError:
-            self.data = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "shards": []}
+            self.data = {
+                "format": FORMAT,
+                "shard_format": shard_format or "parquet",
+                "schema_version": SCHEMA_VERSION,
+                "shards": [],
+            }
         if self.data.get("format") != FORMAT:
             raise ExportError(f"{storage.root}/{MANIFEST} is not an any2capins shard manifest")
+        if shard_format is not None and self.shard_format != shard_format:
+            raise ExportError(
+                f"{storage.root} holds {self.shard_format} shards, not {shard_format}: "
+                "export each format to its own folder (or --rewrite)"
+            )
         if self.data.get("schema_version") != SCHEMA_VERSION:
             raise ExportError(
                 f"shards in {storage.root} have schema {self.data.get('schema_version')}, "
                 f"this code writes {SCHEMA_VERSION}: export to a new folder or --rewrite"
             )
+
+    @property
+    def shard_format(self) -> str:
+        """``parquet`` (manifests written before ``--format`` existed say nothing), ``sft`` or
+        ``webdataset``."""
+        return str(self.data.get("shard_format", "parquet"))
 
     @property
     def shards(self) -> list[dict[str, Any]]:
@@ -272,16 +355,17 @@ class Manifest:
         return 1 + max((int(n.rsplit("-", 1)[1].split(".")[0]) for n in names), default=0)
 
 
-def _listed_parquet(storage: Storage) -> Iterator[str]:
-    return storage.files(".parquet")
+def _listed_shards(storage: Storage, fmt: ShardFormat) -> Iterator[str]:
+    return storage.files(fmt.suffix)
 
 
-def exported_instance_ids(storage: Storage, manifest: Manifest) -> set[str]:
+def exported_instance_ids(
+    storage: Storage, manifest: Manifest, fmt: ShardFormat | None = None
+) -> set[str]:
+    fmt = fmt or shard_format(manifest.shard_format)
     ids: set[str] = set()
     for shard in manifest.shards:
-        with storage.open(shard["path"]) as f:
-            table = pq.read_table(f, columns=["instance_id"])
-            ids.update(table.column("instance_id").to_pylist())
+        ids.update(fmt.instance_ids(storage, shard["path"]))
     return ids
 
 
@@ -295,14 +379,22 @@ def export_shards(
     review_snapshot: str = "",
     rewrite: bool = False,
     row_group_rows: int = ROW_GROUP_ROWS,
+    format: str | ShardFormat = "parquet",
 ) -> ExportReport:
     """Write the records not exported yet (all of them with ``rewrite``) to new shards.
 
     ``row_group_rows`` is the Parquet row-group size: the unit the reader splits work by
     and holds in memory at once (smaller groups: finer split, slightly worse compression).
+    ``format``: ``parquet``, ``sft`` or ``webdataset`` (or a configured
+    :class:`~workflows.export.formats.ShardFormat`); one format per folder.
     """
     if row_group_rows < 1:
         raise ExportError("row_group_rows must be at least 1")
+    fmt = shard_format(format, row_group_rows) if isinstance(format, str) else format
+    if fmt.needs_payloads and not embed_payloads:
+        raise ExportError(
+            f"--reference-payloads applies to parquet only: {fmt.name} copies the payloads"
+        )
     storage = Storage(shards_dir)
     try:
         with storage.exclusive(f"another export is writing to {storage.root}"):
@@ -314,7 +406,7 @@ def export_shards(
                 run_ids,
                 review_snapshot,
                 rewrite,
-                row_group_rows,
+                fmt,
             )
     except StorageBusy as e:
         raise ExportError(str(e)) from e
@@ -328,20 +420,22 @@ def _export_locked(
     run_ids: list[str] | None,
     review_snapshot: str,
     rewrite: bool,
-    row_group_rows: int,
+    fmt: ShardFormat,
 ) -> ExportReport:
     if rewrite:
-        for rel in list(_listed_parquet(storage)):
+        previous = Manifest(storage) if storage.exists(MANIFEST) else None
+        old = shard_format(previous.shard_format) if previous else fmt
+        for rel in list(_listed_shards(storage, old)):
             storage.delete(rel)
         storage.delete(MANIFEST)
-    manifest = Manifest(storage)
+    manifest = Manifest(storage, fmt.name)
     report = ExportReport(shards_dir=storage.root)
     listed = {s["path"] for s in manifest.shards}
-    for rel in sorted(_listed_parquet(storage)):
+    for rel in sorted(_listed_shards(storage, fmt)):
         if rel not in listed:
             storage.delete(rel)  # a killed export's shard that never reached the manifest
             report.removed_orphans.append(rel)
-    done = exported_instance_ids(storage, manifest)
+    done = exported_instance_ids(storage, manifest, fmt)
 
     pending: dict[str, list[ShardRow]] = defaultdict(list)
     sizes: dict[str, int] = defaultdict(int)
@@ -351,15 +445,16 @@ def _export_locked(
     def flush(partition: str) -> None:
         rows = sorted(pending.pop(partition), key=lambda r: (r.clip_id, r.instance_id))
         sizes.pop(partition, None)
-        data = _parquet_bytes(rows, row_group_rows)
-        rel = f"{partition}/part-{manifest.next_index(partition):05d}.parquet"
+        extra: dict[str, Any] = {}
+        data = fmt.encode(rows, storage, extra)
+        rel = f"{partition}/part-{manifest.next_index(partition):05d}{fmt.suffix}"
         storage.write_atomic(rel, data)
         manifest.shards.append(
             {
                 "path": rel,
                 "partition": partition,
                 "rows": len(rows),
-                "row_groups": row_groups_of(data),
+                **({"row_groups": extra.pop("row_groups")} if "row_groups" in extra else {}),
                 "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "schema_version": SCHEMA_VERSION,
@@ -367,6 +462,7 @@ def _export_locked(
                 "run_ids": sorted({r.provenance.run_id for r in rows} | set(run_ids or [])),
                 "review_snapshot": review_snapshot,
                 "written_at": utc_now().isoformat(),
+                **extra,
             }
         )
         manifest.save()
@@ -387,12 +483,18 @@ def _export_locked(
         report.skipped_already_exported += len(instances_of(item.record)) - len(todo)
         if not todo:
             continue
+        wanted = {i.instance_id for i in todo}
         try:
-            rows = shard_rows(item, embed_payloads)
+            rows = shard_rows(item, embed_payloads or fmt.needs_payloads)
+            for row in rows:
+                if row.instance_id in wanted:
+                    fmt.prepare(row)
         except IncompleteRecord as e:
             report.incomplete.append((item.record.clip_id, str(e)))
             continue
-        wanted = {i.instance_id for i in todo}
+        except (ValueError, OSError, KeyError) as e:
+            report.incomplete.append((item.record.clip_id, f"{fmt.name}: {e}"))
+            continue
         for row in rows:
             if row.instance_id not in wanted:
                 continue
@@ -404,22 +506,23 @@ def _export_locked(
         flush(partition)
     if not manifest.storage.exists(MANIFEST):
         manifest.save()
+    fmt.finish(storage, manifest.data)
     report.not_exported = dict(not_exported)
     report.total_rows = sum(s["rows"] for s in manifest.shards)
     return report
 
 
 def verify_shards(shards_dir: str) -> list[str]:
-    """Every problem found (empty when the shards are intact)."""
+    """Every problem found (empty when the shards are intact), whatever their format."""
     storage = Storage(shards_dir)
     try:
         manifest = Manifest(storage)
+        fmt = shard_format(manifest.shard_format)
     except (ExportError, json.JSONDecodeError) as e:
         return [str(e)]
     if not storage.exists(MANIFEST):
         return [f"{storage.root} has no {MANIFEST}"]
     problems: list[str] = []
-    expected_schema = arrow_schema(ShardRow)
     seen: dict[str, str] = {}
     listed = set()
     for shard in manifest.shards:
@@ -434,32 +537,13 @@ def verify_shards(shards_dir: str) -> list[str]:
             problems.append(f"{rel}: sha256 does not match the manifest")
         if len(data) != shard["bytes"]:
             problems.append(f"{rel}: {len(data)} bytes, manifest says {shard['bytes']}")
-        try:
-            # Single-threaded on purpose: ``pq.read_table`` starts Arrow's CPU and I/O
-            # thread pools, whose teardown at interpreter exit can abort the process
-            # ("terminate called without an active exception", apache/arrow#34314) after
-            # the verdict is out. One shard at a time is fast enough for a check.
-            table = pq.ParquetFile(io.BytesIO(data), pre_buffer=False).read(use_threads=False)
-        except (pa.ArrowInvalid, OSError) as e:
-            problems.append(f"{rel}: not readable as Parquet: {e}")
-            continue
-        if table.num_rows != shard["rows"]:
-            problems.append(f"{rel}: {table.num_rows} rows, manifest says {shard['rows']}")
-        groups = row_groups_of(data)
-        if "row_groups" in shard and groups != shard["row_groups"]:
-            problems.append(f"{rel}: row groups {groups}, manifest says {shard['row_groups']}")
-        version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"").decode()
-        if version != SCHEMA_VERSION:
-            problems.append(f"{rel}: schema version {version!r}, expected {SCHEMA_VERSION}")
-        elif not table.schema.equals(expected_schema):
-            problems.append(f"{rel}: columns differ from schema version {SCHEMA_VERSION}")
-        if "instance_id" not in table.column_names:
-            continue  # reported above: the columns differ
-        for instance_id in table.column("instance_id").to_pylist():
+        found, ids = fmt.check(data, shard, storage)
+        problems += found
+        for instance_id in ids:
             if instance_id in seen:
                 problems.append(f"{rel}: instance {instance_id} already in {seen[instance_id]}")
             seen[instance_id] = rel
-    for rel in _listed_parquet(storage):
+    for rel in _listed_shards(storage, fmt):
         if rel not in listed:
             problems.append(f"{rel}: a shard the manifest does not list")
     return problems
