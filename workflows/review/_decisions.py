@@ -1,0 +1,227 @@
+"""Decisions: accept / reject / edit on a leased item with optimistic versions, and settling
+overlap reviews into a final state or a dispute for adjudication."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schemas import Record
+from workflows.review._base import dumps, snapshot
+from workflows.review._db import retrying
+from workflows.review._errors import Conflict, Invalid, StaleVersion
+from workflows.review._leases import LeasesMixin
+from workflows.review._types import (
+    DecisionResult,
+    UserInfo,
+)
+from workflows.review.models import (
+    FINAL_STATES,
+    Item,
+    Review,
+    User,
+)
+from workflows.review.policy import ReviewPolicy
+from workflows.review.text import (
+    FIELDS,
+    apply_edits,
+    check_text,
+    field_names,
+    instance_key,
+    machine_texts,
+    normalized_distance,
+    unknown_fields,
+)
+
+
+class DecisionsMixin(LeasesMixin):
+    """Recording decisions and finalising items (a decision closes the caller's lease)."""
+
+    @retrying
+    def decide(
+        self,
+        user: UserInfo,
+        item_id: int,
+        decision: str,
+        version: int,
+        edits: dict[str, str] | None = None,
+        reason: str | None = None,
+        note: str | None = None,
+    ) -> DecisionResult:
+        """Record ``user``'s decision on a leased item.
+
+        ``edits`` maps field names to new text: the six components, and ``short_prompt``
+        for a record without instances or ``short_prompt:<instance key>`` (e.g.
+        ``short_prompt:camera+depth``) for each instance of a record with them; any other
+        name is refused (:class:`Invalid`). Text equal to the machine's (ignoring surrounding
+        whitespace) is dropped; an edit that then changes nothing is refused (send accept).
+        ``version`` must be the item's current version: a decision taken on an older state
+        is refused with :class:`StaleVersion`, never applied over a newer one.
+        """
+        if decision not in ("accept", "reject", "edit"):
+            raise Invalid(f"decision must be accept, reject or edit, not {decision!r}")
+        edits = dict(edits or {})
+        for name, value in edits.items():
+            if name not in FIELDS and instance_key(name) is None:
+                raise Invalid(
+                    f"unknown field {name!r}; fields are {', '.join(FIELDS)} or "
+                    "short_prompt:<instance key> for a record with instances"
+                )
+            try:
+                check_text(value, name)
+            except ValueError as e:
+                raise Invalid(str(e)) from e
+        if note is not None:
+            try:
+                check_text(note, "note")
+            except ValueError as e:
+                raise Invalid(str(e)) from e
+            note = note.strip() or None
+        now = self._now()
+        with self._write() as s:
+            item = self._locked_item(s, item_id)
+            # The version first: "it changed since you loaded it" is what a stale page needs
+            # to hear, whatever happened to the lease meanwhile.
+            if item.version != version:
+                raise StaleVersion(
+                    f"item {item_id} changed since you loaded it (version {version}, now "
+                    f"{item.version}, {item.state}); your decision was not applied",
+                    item.version,
+                )
+            claim = self._my_claim(s, item, user, now)
+            expected = "disputed" if claim.kind == "adjudication" else "pending"
+            if item.state != expected:
+                raise Conflict(f"item {item_id} is {item.state}, nothing to decide")
+            policy = self._policy(s)
+            record = Record.model_validate_json(item.record_json)
+            unknown = unknown_fields(record, list(edits))
+            if unknown:
+                raise Invalid(
+                    f"item {item_id} has no field {', '.join(map(repr, unknown))}; its fields "
+                    f"are {', '.join(field_names(record))}"
+                )
+            machine = machine_texts(record)
+            changed = {k: v.strip() for k, v in edits.items() if v.strip() != machine[k].strip()}
+            if decision == "reject":
+                if changed:
+                    raise Invalid("a reject carries no edits (send reason and note)")
+                if reason not in policy.reject_reasons:
+                    raise Invalid(
+                        f"a reject needs a reason code, one of {', '.join(policy.reject_reasons)}"
+                    )
+            else:
+                if reason is not None:
+                    raise Invalid("reason codes are for rejects; use note for a comment")
+                if decision == "accept" and changed:
+                    raise Invalid("accept carries no changed text: send decision 'edit'")
+                if decision == "edit" and not changed:
+                    raise Invalid("an edit needs at least one changed field; use accept")
+                final = apply_edits(machine, changed)
+                empty = [k for k in machine if not final[k].strip()]
+                if empty:
+                    missing = "no caption" if record.caption is None else "empty fields"
+                    raise Invalid(
+                        f"cannot {decision} with {missing}: write {', '.join(empty)} or reject"
+                    )
+            before = snapshot(item)
+            started = claim.claimed_at
+            claim.status, claim.closed_at = "completed", now
+            review = Review(
+                item_id=item.id,
+                user_id=user.id,
+                claim_id=claim.id,
+                kind=claim.kind,
+                decision=decision,
+                edits_json=dumps(changed),
+                reason=reason if decision == "reject" else None,
+                note=note,
+                version_seen=version,
+                seconds=max(0.0, (now - started).total_seconds()),
+                created_at=now,
+            )
+            s.add(review)
+            s.flush()
+            self._audit(
+                s,
+                user.name,
+                "adjudicate" if claim.kind == "adjudication" else "review",
+                item,
+                before,
+                {"decision": decision, "edits": changed, "reason": review.reason, "note": note},
+            )
+            if claim.kind == "adjudication":
+                self._finalize(s, item, decision, changed, review.reason, note, [user.name], now)
+            else:
+                self._settle(s, item, machine, policy, now)
+            item.updated_at = now
+            return DecisionResult(
+                item_id=item.id,
+                clip_id=item.clip_id,
+                decision=decision,
+                state=item.state,
+                version=item.version,
+                final=item.state in FINAL_STATES,
+            )
+
+    def _settle(
+        self, s: Session, item: Item, machine: dict[str, str], policy: ReviewPolicy, now: datetime
+    ) -> None:
+        """Once every required review is in: finalise on agreement, else ask for adjudication."""
+        rows = s.execute(
+            select(Review, User.name)
+            .join(User, User.id == Review.user_id)
+            .where(Review.item_id == item.id, Review.kind == "review")
+            .order_by(Review.id)
+        ).all()
+        if len(rows) < item.reviews_required:
+            return
+        names = [name for _, name in rows]
+        decisions = [r.decision for r, _ in rows]
+        if all(d == "reject" for d in decisions):
+            reasons = Counter(r.reason for r, _ in rows)
+            reason = max(reasons, key=lambda k: (reasons[k], -decisions.index("reject")))
+            notes = "; ".join(r.note for r, _ in rows if r.note) or None
+            self._finalize(s, item, "reject", {}, reason, notes, names, now)
+            return
+        if any(d == "reject" for d in decisions):
+            self._dispute(s, item, "accept/reject disagreement")
+            return
+        texts = [apply_edits(machine, json.loads(r.edits_json)) for r, _ in rows]
+        for name in machine:
+            for other in texts[1:]:
+                if normalized_distance(texts[0][name], other[name]) > policy.edit_tolerance:
+                    self._dispute(s, item, f"{name} texts differ")
+                    return
+        # Within tolerance: the first reviewer's text stands.
+        first = json.loads(rows[0][0].edits_json)
+        notes = "; ".join(r.note for r, _ in rows if r.note) or None
+        self._finalize(s, item, "edit" if first else "accept", first, None, notes, names, now)
+
+    def _dispute(self, s: Session, item: Item, why: str) -> None:
+        before = snapshot(item)
+        item.state = "disputed"
+        self._audit(s, "system", "disputed", item, before, {**snapshot(item), "why": why})
+
+    def _finalize(
+        self,
+        s: Session,
+        item: Item,
+        decision: str,
+        edits: dict[str, str],
+        reason: str | None,
+        note: str | None,
+        by: list[str],
+        now: datetime,
+    ) -> None:
+        before = snapshot(item)
+        item.state = {"accept": "accepted", "reject": "rejected", "edit": "edited"}[decision]
+        item.final_edits_json = dumps(edits)
+        item.final_reason, item.final_note = reason, note
+        item.final_by = ",".join(by)
+        item.decided_at = now
+        item.version += 1
+        self._audit(s, "system", "final", item, before, snapshot(item))
