@@ -100,6 +100,21 @@ def _run_dedup() -> dict[str, Any]:
     return dedup.run()
 
 
+def _run_gpu() -> dict[str, Any]:
+    from bench import gpu
+
+    try:
+        return gpu.run()
+    except gpu.Skip as e:  # bench.__main__.Skip: another class than this __main__'s under -m
+        raise Skip(str(e)) from None
+
+
+def _gpu_rows(g: dict[str, Any]) -> list[Row]:
+    from bench import gpu
+
+    return gpu.rows(g)
+
+
 # ---- summaries: every row is a figure against its baseline from the same run ----
 
 
@@ -359,6 +374,7 @@ BENCHMARKS = {
             "scores", "Curation score stages (bench/scores.py)", 90, _run_scores, _scores_rows
         ),
         Benchmark("dedup", "Near-duplicate grouping (bench/dedup.py)", 15, _run_dedup, _dedup_rows),
+        Benchmark("gpu", "Depth and SAM 2 on a GPU (bench/gpu.py)", 420, _run_gpu, _gpu_rows),
     )
 }
 
