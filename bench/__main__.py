@@ -274,6 +274,24 @@ def _export_rows(e: dict[str, Any]) -> list[Row]:
             _x(e["ratio_dataset_over_pyarrow"], "dataset/pyarrow"),
         ),
         (
+            "reader, samples/s, text only (validated rows, no decoding)",
+            pyarrow,
+            f"ShardDataset {e['dataset_text_only_samples_s']:.0f}",
+            _x(e["ratio_text_only_over_pyarrow"], "dataset/pyarrow"),
+        ),
+        (
+            "reader, samples/s, validate=False text only (payload column not read)",
+            pyarrow,
+            f"ShardDataset {e['fast_text_only_samples_s']:.0f}",
+            _x(e["ratio_fast_text_only_over_pyarrow"], "dataset/pyarrow"),
+        ),
+        (
+            "reader, samples/s, validate=False (keyframes decoded)",
+            pyarrow,
+            f"ShardDataset {e['fast_decoded_samples_s']:.0f}",
+            _x(e["ratio_fast_decoded_over_pyarrow"], "dataset/pyarrow"),
+        ),
+        (
             "reader, samples/s, shuffle=True (row groups permuted, 512-row buffer)",
             f"ShardDataset {e['dataset_samples_s']:.0f}",
             f"shuffled {e['dataset_shuffled_samples_s']:.0f}",

@@ -90,74 +90,144 @@ def failure_arrow_schema() -> pa.Schema:
     return arrow_schema(Failure)
 
 
-def _from_arrow_value(tp: Any, value: Any) -> Any:
-    """Undo the shape changes made for Arrow (dicts are stored as key/value lists)."""
-    if value is None:
-        return None
+Convert = typing.Callable[[Any], Any]
+
+
+def _hashable(annotation: Any) -> Any:
+    """A field's annotation, as the key of the per-type converter caches."""
+    return annotation
+
+
+@cache
+def _to_arrow_converter(tp: Any) -> Convert | None:
+    """What turns a ``model_dump()`` value of type TP into its Arrow shape (dicts as key/value
+    lists), built once per type; ``None`` when the value needs no change."""
     tp, _ = _strip_optional(tp)
     origin = get_origin(tp)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return {
-            name: _from_arrow_value(f.annotation, value.get(name))
+        fields = [
+            (name, conv)
             for name, f in tp.model_fields.items()
-        }
+            if (conv := _to_arrow_converter(_hashable(f.annotation))) is not None
+        ]
+        if not fields:
+            return None
+
+        def model(value: Any) -> Any:
+            if value is None:
+                return None
+            out = dict(value)
+            for name, conv in fields:
+                out[name] = conv(out[name])
+            return out
+
+        return model
     if origin is list:
-        (item,) = get_args(tp)
-        return [_from_arrow_value(item, v) for v in value]
+        (item_tp,) = get_args(tp)
+        item = _to_arrow_converter(item_tp)
+        if item is None:
+            return None
+        return lambda value: None if value is None else [item(v) for v in value]
     if origin is dict:
         _, vt = get_args(tp)
-        if isinstance(value, dict):
-            return {k: _from_arrow_value(vt, v) for k, v in value.items()}
-        return {kv["key"]: _from_arrow_value(vt, kv["value"]) for kv in value}
-    return value
+        inner = _to_arrow_converter(vt)
+        if inner is None:
+            return lambda value: (
+                None if value is None else [{"key": k, "value": v} for k, v in value.items()]
+            )
+        return lambda value: (
+            None if value is None else [{"key": k, "value": inner(v)} for k, v in value.items()]
+        )
+    return None
 
 
-def _to_arrow_value(tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    tp, _ = _strip_optional(tp)
-    origin = get_origin(tp)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return {
-            name: _to_arrow_value(f.annotation, getattr(value, name))
-            for name, f in tp.model_fields.items()
-        }
-    if origin is list:
-        (item,) = get_args(tp)
-        return [_to_arrow_value(item, v) for v in value]
-    if origin is dict:
-        _, vt = get_args(tp)
-        return [{"key": k, "value": _to_arrow_value(vt, v)} for k, v in value.items()]
-    return value
+def to_arrow_row(item: BaseModel) -> dict[str, Any]:
+    """One validated model as a row of :func:`arrow_schema`: ``model_dump()`` (in pydantic's
+    core, no validation) with dicts turned into key/value lists."""
+    conv = _to_arrow_converter(type(item))
+    data = item.model_dump()
+    out: dict[str, Any] = conv(data) if conv is not None else data
+    return out
 
 
 def to_table(items: typing.Sequence[BaseModel], model: type[BaseModel]) -> pa.Table:
-    """Models -> Arrow table with :func:`arrow_schema` of ``model``."""
+    """Models -> Arrow table with :func:`arrow_schema` of ``model``; the items were validated
+    when they were made, so nothing is validated again here."""
     schema = arrow_schema(model)
-    columns: dict[str, list[Any]] = {name: [] for name in model.model_fields}
     for item in items:
         if not isinstance(item, model):
             raise TypeError(f"expected {model.__name__}, got {type(item).__name__}")
-        for name, f in model.model_fields.items():
-            columns[name].append(_to_arrow_value(f.annotation, getattr(item, name)))
-    return pa.Table.from_pydict(columns, schema=schema)
+    return pa.Table.from_pylist([to_arrow_row(item) for item in items], schema=schema)
 
 
-def from_table(table: pa.Table, model: type[M]) -> list[M]:
-    """Arrow table -> models; refuses a table written with another schema version."""
-    meta = table.schema.metadata or {}
-    version = meta.get(SCHEMA_VERSION_KEY)
+@cache
+def _from_arrow_converter(tp: Any) -> Convert | None:
+    """What undoes the Arrow shape changes of a value of type TP (key/value lists back to
+    dicts), built once per type; ``None`` when the value needs no change."""
+    tp, _ = _strip_optional(tp)
+    origin = get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        fields = [
+            (name, conv)
+            for name, f in tp.model_fields.items()
+            if (conv := _from_arrow_converter(_hashable(f.annotation))) is not None
+        ]
+        if not fields:
+            return None
+
+        def model(value: Any) -> Any:
+            if value is None:
+                return None
+            out = dict(value)
+            for name, conv in fields:
+                out[name] = conv(out.get(name))
+            return out
+
+        return model
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        item = _from_arrow_converter(item_tp)
+        if item is None:
+            return None
+        return lambda value: None if value is None else [item(v) for v in value]
+    if origin is dict:
+        _, vt = get_args(tp)
+        inner = _from_arrow_converter(vt) or (lambda v: v)
+
+        def mapping(value: Any) -> Any:
+            if value is None:
+                return None
+            if isinstance(value, dict):
+                return {k: inner(v) for k, v in value.items()}
+            return {kv["key"]: inner(kv["value"]) for kv in value}
+
+        return mapping
+    return None
+
+
+def check_schema_version(schema: pa.Schema) -> None:
+    """Refuse a table written with another schema version."""
+    version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     if version is not None and version.decode() != SCHEMA_VERSION:
         raise ValueError(
             f"table has schema version {version.decode()}, this code reads {SCHEMA_VERSION}"
         )
-    rows = table.to_pylist()
-    return [
-        model.model_validate(
-            {
-                name: _from_arrow_value(f.annotation, row.get(name))
-                for name, f in model.model_fields.items()
-            }
-        )
-        for row in rows
-    ]
+
+
+def from_arrow_row(row: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """One ``to_pylist()`` row back in the models' shape (dicts restored), not validated."""
+    conv = _from_arrow_converter(model)
+    out: dict[str, Any] = conv(row) if conv is not None else row
+    return out
+
+
+def from_table(table: pa.Table, model: type[M]) -> list[M]:
+    """Arrow table -> models; refuses a table written with another schema version."""
+    check_schema_version(table.schema)
+    conv = _from_arrow_converter(model)
+    names = list(model.model_fields)
+    rows = []
+    for row in table.to_pylist():
+        data = {name: row.get(name) for name in names}
+        rows.append(model.model_validate(conv(data) if conv is not None else data))
+    return rows

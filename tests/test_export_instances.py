@@ -185,6 +185,8 @@ def test_hf_datasets_and_the_reader_see_the_instances(run: Path, tmp_path: Path)
     assert row["checks"][0]["check"] == FLAGS[0].check
     assert {kv["key"] for kv in row["suitability"]} == {"camera", "depth", "identities", "pose"}
 
+    import torch
+
     from workflows.export.reader import ShardDataset
 
     samples = list(ShardDataset(str(shards), decode=False))
@@ -199,6 +201,17 @@ def test_hf_datasets_and_the_reader_see_the_instances(run: Path, tmp_path: Path)
     assert decoded["keyframes"].shape[0] == 3
     assert any(k.startswith("identities.") for k in decoded)
     assert not any(k.startswith(("depth.", "camera.", "pose.")) for k in decoded)
+    # the unvalidated fast path yields the same samples, decoded or not
+    for decode, parts in ((False, None), (True, ["identities"])):
+        checked = list(ShardDataset(str(shards), decode=decode, partitions=parts))
+        plain = list(ShardDataset(str(shards), decode=decode, partitions=parts, validate=False))
+        assert [sorted(s) for s in plain] == [sorted(s) for s in checked]
+        for a, b in zip(plain, checked, strict=True):
+            for key, value in b.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(a[key], value), key
+                else:
+                    assert a[key] == value, key
 
 
 def _words(text: str) -> int:

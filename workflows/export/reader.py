@@ -25,7 +25,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from annotators.conditions import condition_types
 from pipeline.storage import Storage, read_payload
-from schemas import CAPTION_COMPONENTS, PayloadRef, ShardRow, from_table
+from schemas import CAPTION_COMPONENTS, Conditions, PayloadRef, ShardRow, from_table
+from schemas._arrow import check_schema_version, from_arrow_row
 from workflows.export.shards import MANIFEST, row_groups_of
 
 
@@ -68,9 +69,21 @@ def assign_units(units: list[_Unit], slot: int, readers: int) -> tuple[list[_Uni
     return units, slot
 
 
+_BUILTIN_CONDITIONS = [name for name in Conditions.model_fields if name != "extra"]
+# what the text-only fast path reads: every column but the payload bytes
+_TEXT_COLUMNS = [name for name in ShardRow.model_fields if name != "payloads"]
+
+
 class ShardDataset(IterableDataset[dict[str, Any]]):
     """Yields one dict per instance (row): text fields, and tensors decoded from the
-    payloads of the keyframes and the instance's conditions."""
+    payloads of the keyframes and the instance's conditions.
+
+    ``validate=True`` (the default) checks every row against ``ShardRow`` as it is read.
+    ``validate=False`` is the fast path: a row group is read at once (without its payload
+    column when ``decode=False``) and its rows go out as plain dicts, the same samples
+    without a pydantic model per row (the shards were validated when they were exported and
+    ``any2cap shards verify`` checks their schema).
+    """
 
     def __init__(
         self,
@@ -83,6 +96,7 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
         shuffle: bool = False,
         seed: int = 0,
         shuffle_buffer: int = 512,
+        validate: bool = True,
     ) -> None:
         if shuffle_buffer < 1:
             raise ValueError("shuffle_buffer must be at least 1")
@@ -92,6 +106,7 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
             s for s in manifest["shards"] if partitions is None or s["partition"] in partitions
         ]
         self.decode = decode
+        self.validate = validate
         self.shuffle, self.seed, self.shuffle_buffer = shuffle, seed, shuffle_buffer
         self.epoch = 0
         self._rank, self._world = rank, world_size
@@ -138,12 +153,14 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
             units = [units[i] for i in order]
         mine, first_row = assign_units(units, slot, readers)
-        rows = self._rows(mine, first_row, readers)
+        rows: Iterator[Any] = self._rows(mine, first_row, readers)
         if self.shuffle:
             rows = self._buffered(rows, np.random.default_rng([self.seed, self.epoch, slot]))
+        if not self.validate:
+            return (self._plain_sample(r) for r in rows)
         return (self._sample(r) for r in rows)
 
-    def _rows(self, units: list[_Unit], first_row: int | None, readers: int) -> Iterator[ShardRow]:
+    def _rows(self, units: list[_Unit], first_row: int | None, readers: int) -> Iterator[Any]:
         index = 0
         for unit in units:
             if first_row is not None:
@@ -155,14 +172,19 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
                 table = self._read(unit).take(keep)
             else:
                 table = self._read(unit)
-            yield from from_table(table, ShardRow)
+            if self.validate:
+                yield from from_table(table, ShardRow)
+            else:
+                check_schema_version(table.schema)
+                yield from table.to_pylist()
 
     def _read(self, unit: _Unit) -> pa.Table:
+        columns = None if self.validate or self.decode else _TEXT_COLUMNS
         with self.storage.open(unit.path) as f:
-            return pq.ParquetFile(f).read_row_group(unit.group)
+            return pq.ParquetFile(f).read_row_group(unit.group, columns=columns)
 
-    def _buffered(self, rows: Iterator[ShardRow], rng: np.random.Generator) -> Iterator[ShardRow]:
-        buffer: list[ShardRow] = []
+    def _buffered(self, rows: Iterator[Any], rng: np.random.Generator) -> Iterator[Any]:
+        buffer: list[Any] = []
         for row in rows:
             if len(buffer) < self.shuffle_buffer:
                 buffer.append(row)
@@ -207,6 +229,61 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
             if ctype is None:
                 continue  # a plugin this environment does not have: text fields still come
             summary = ctype.from_conditions(row.conditions)
+            if summary is None:
+                continue
+            for key, array in ctype.decode_payload(summary, read).items():
+                sample[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(array))
+        return sample
+
+    def _plain_sample(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``_sample`` of an unvalidated ``to_pylist()`` row: the same keys and values."""
+        conditions = row["conditions"]
+        present = [n for n in _BUILTIN_CONDITIONS if conditions.get(n) is not None]
+        present += sorted(kv["key"] for kv in conditions.get("extra") or ())
+        caption = row["caption"]
+        sample: dict[str, Any] = {
+            "clip_id": row["clip_id"],
+            "instance_id": row["instance_id"],
+            "condition_types": row["condition_types"],
+            "composition": row["composition"],
+            "partition": row["partition"],
+            "short_prompt": row["short_prompt"],
+            "structured_caption": row["structured_caption"],
+            **{f"caption.{c}": caption[c] for c in CAPTION_COMPONENTS},
+            "conditions": present,
+            "suitability": {kv["key"]: kv["value"]["suitable"] for kv in row["suitability"]},
+            "checks": row["checks"],
+        }
+        if not self.decode:
+            return sample
+        payloads: dict[str, bytes] = {kv["key"]: kv["value"] for kv in row.get("payloads") or ()}
+
+        def read(ref: PayloadRef) -> bytes:
+            if payloads:
+                try:
+                    return payloads[ref.uri]
+                except KeyError as e:
+                    raise KeyError(f"{row['clip_id']}: payload {ref.uri} not embedded") from e
+            return read_payload(ref)
+
+        keyframes = row.get("keyframes")
+        if keyframes and keyframes.get("frames"):
+            frames = [
+                _decode_image(payloads[f["uri"]] if f["uri"] in payloads else read(PayloadRef(**f)))
+                for f in keyframes["frames"]
+            ]
+            sample["keyframes"] = torch.from_numpy(np.stack(frames))
+        if not present:
+            return sample
+        types = condition_types()
+        model: Conditions | None = None
+        for name in present:
+            ctype = types.get(name)
+            if ctype is None:
+                continue
+            if model is None:  # validated only when a condition is decoded
+                model = Conditions.model_validate(from_arrow_row(conditions, Conditions))
+            summary = ctype.from_conditions(model)
             if summary is None:
                 continue
             for key, array in ctype.decode_payload(summary, read).items():

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -192,8 +193,10 @@ def shard_rows(item: Reviewed, embed: bool) -> list[ShardRow]:
                         ) from e
                 payloads[ref.uri] = cache[ref.uri]
         edited = caption != record.caption or planned.short_prompt != machine.short_prompt
+        # every part comes from the validated record and review: assembled, not validated
+        # again (``model_construct``); the export checks what it adds (text, payloads) above
         rows.append(
-            ShardRow(
+            ShardRow.model_construct(
                 clip_id=record.clip_id,
                 instance_id=planned.instance_id,
                 partition=planned.partition,
@@ -231,11 +234,24 @@ def _row_bytes(row: ShardRow) -> int:
     return sum(len(v) for v in row.payloads.values()) + 4096
 
 
-def _parquet_bytes(rows: list[ShardRow], row_group_rows: int) -> bytes:
+class _HashingBuffer(io.BytesIO):
+    """An in-memory file that computes the sha256 of what is written as it is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        return super().write(data)
+
+
+def _parquet_bytes(rows: list[ShardRow], row_group_rows: int) -> tuple[bytes, str]:
+    """The shard's bytes and their sha256 (computed while Arrow writes them)."""
     table = to_table(rows, ShardRow)
-    buf = io.BytesIO()
+    buf = _HashingBuffer()
     pq.write_table(table, buf, compression="zstd", row_group_size=row_group_rows)
-    return buf.getvalue()
+    return buf.getvalue(), buf.sha256.hexdigest()
 
 
 def row_groups_of(source: bytes | BinaryIO) -> list[int]:
@@ -250,13 +266,15 @@ class ParquetFormat(ShardFormat):
     name = "parquet"
     suffix = ".parquet"
     needs_payloads = False
+    encode_in_background = True
 
     def __init__(self, row_group_rows: int = ROW_GROUP_ROWS) -> None:
         self.row_group_rows = row_group_rows
 
     def encode(self, rows: list[ShardRow], storage: Storage, entry: dict[str, Any]) -> bytes:
-        data = _parquet_bytes(rows, self.row_group_rows)
+        data, sha256 = _parquet_bytes(rows, self.row_group_rows)
         entry["row_groups"] = row_groups_of(data)
+        entry["sha256"] = sha256
         return data
 
     def instance_ids(self, storage: Storage, rel: str) -> list[str]:
@@ -442,9 +460,34 @@ def _export_locked(
     target = int(shard_size_mb * 2**20)
     not_exported: dict[str, int] = defaultdict(int)
 
+    # A format that may encode in the background writes its shards (encode, then the
+    # commit protocol, one shard at a time in order) on one writer thread while the next
+    # rows are built; at most one shard waits behind the one being written.
+    writer = ThreadPoolExecutor(max_workers=1) if fmt.encode_in_background else None
+    writing: deque[Future[None]] = deque()
+
     def flush(partition: str) -> None:
         rows = sorted(pending.pop(partition), key=lambda r: (r.clip_id, r.instance_id))
         sizes.pop(partition, None)
+        if writer is None:
+            write(partition, rows)
+            return
+        while len(writing) > 1 or (writing and writing[0].done()):
+            writing.popleft().result()  # re-raises a failed write before going on
+        writing.append(writer.submit(write, partition, rows))
+
+    failed: list[BaseException] = []
+
+    def write(partition: str, rows: list[ShardRow]) -> None:
+        if failed:  # a shard queued behind a failed one stays unwritten, like the rest
+            raise ExportError(f"not written after an earlier shard failed: {failed[0]}")
+        try:
+            write_one(partition, rows)
+        except BaseException as e:
+            failed.append(e)
+            raise
+
+    def write_one(partition: str, rows: list[ShardRow]) -> None:
         extra: dict[str, Any] = {}
         data = fmt.encode(rows, storage, extra)
         rel = f"{partition}/part-{manifest.next_index(partition):05d}{fmt.suffix}"
@@ -456,7 +499,8 @@ def _export_locked(
                 "rows": len(rows),
                 **({"row_groups": extra.pop("row_groups")} if "row_groups" in extra else {}),
                 "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
+                # a format that hashed the bytes as it wrote them hands the digest over
+                "sha256": extra.pop("sha256", None) or hashlib.sha256(data).hexdigest(),
                 "schema_version": SCHEMA_VERSION,
                 "payloads": "embedded" if embed_payloads else "referenced",
                 "run_ids": sorted({r.provenance.run_id for r in rows} | set(run_ids or [])),
@@ -470,40 +514,49 @@ def _export_locked(
         report.new_rows += len(rows)
         report.bytes_written += len(data)
 
-    for item in sorted(items, key=lambda i: i.record.clip_id):
-        status = item.review.status
-        if status not in EXPORTED_STATES:
-            not_exported[status] += 1
-            continue
-        if item.record.instances == []:
-            report.no_instances += 1
-            continue
-        # cheap: an instance id names its row whatever the review's text
-        todo = [i for i in instances_of(item.record) if i.instance_id not in done]
-        report.skipped_already_exported += len(instances_of(item.record)) - len(todo)
-        if not todo:
-            continue
-        wanted = {i.instance_id for i in todo}
-        try:
-            rows = shard_rows(item, embed_payloads or fmt.needs_payloads)
-            for row in rows:
-                if row.instance_id in wanted:
-                    fmt.prepare(row)
-        except IncompleteRecord as e:
-            report.incomplete.append((item.record.clip_id, str(e)))
-            continue
-        except (ValueError, OSError, KeyError) as e:
-            report.incomplete.append((item.record.clip_id, f"{fmt.name}: {e}"))
-            continue
-        for row in rows:
-            if row.instance_id not in wanted:
+    try:
+        todo_items: list[tuple[Reviewed, set[str]]] = []
+        for item in sorted(items, key=lambda i: i.record.clip_id):
+            status = item.review.status
+            if status not in EXPORTED_STATES:
+                not_exported[status] += 1
                 continue
-            pending[row.partition].append(row)
-            sizes[row.partition] += _row_bytes(row)
-            if sizes[row.partition] >= target:
-                flush(row.partition)
-    for partition in sorted(pending):
-        flush(partition)
+            if item.record.instances == []:
+                report.no_instances += 1
+                continue
+            # cheap: an instance id names its row whatever the review's text
+            todo = [i for i in instances_of(item.record) if i.instance_id not in done]
+            report.skipped_already_exported += len(instances_of(item.record)) - len(todo)
+            if todo:
+                todo_items.append((item, {i.instance_id for i in todo}))
+
+        embed = embed_payloads or fmt.needs_payloads
+        for item, wanted in todo_items:
+            try:
+                rows = shard_rows(item, embed)
+                for row in rows:
+                    if row.instance_id in wanted:
+                        fmt.prepare(row)
+            except IncompleteRecord as e:
+                report.incomplete.append((item.record.clip_id, str(e)))
+                continue
+            except (ValueError, OSError, KeyError) as e:
+                report.incomplete.append((item.record.clip_id, f"{fmt.name}: {e}"))
+                continue
+            for row in rows:
+                if row.instance_id not in wanted:
+                    continue
+                pending[row.partition].append(row)
+                sizes[row.partition] += _row_bytes(row)
+                if sizes[row.partition] >= target:
+                    flush(row.partition)
+        for partition in sorted(pending):
+            flush(partition)
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)  # every submitted shard is written (or failed)
+    while writing:
+        writing.popleft().result()
     if not manifest.storage.exists(MANIFEST):
         manifest.save()
     fmt.finish(storage, manifest.data)

@@ -19,6 +19,9 @@ class ShardFormat:
     suffix: ClassVar[str]  # of the shard files: what the orphan sweep and verify look for
     # whether the rows need their payload bytes (``--reference-payloads`` refused otherwise)
     needs_payloads: ClassVar[bool] = True
+    # whether ``encode`` may run on a writer thread while ``prepare`` checks the next rows
+    # (one shard at a time, in order): only for a format whose methods share no state
+    encode_in_background: ClassVar[bool] = False
 
     def prepare(self, row: ShardRow) -> None:
         """Check one row before it is queued (and cache what is costly to make), raising
