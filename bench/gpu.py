@@ -183,53 +183,29 @@ def sam2_param_count() -> int:
 def save_depth_model(folder: Path, seed: int = 0) -> Path:
     """Random Depth Anything V2 Small + its published preprocessor, loadable by the stage."""
     import torch
-    from transformers import DepthAnythingForDepthEstimation, DPTImageProcessor
+    from transformers import DepthAnythingForDepthEstimation
+
+    from tests.tiny_models import save_depth_processor
 
     torch.manual_seed(seed)
     model = DepthAnythingForDepthEstimation(depth_config())
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    size = DEPTH_V2_SMALL["input_size"]
-    DPTImageProcessor(
-        do_resize=True,
-        size={"height": size, "width": size},
-        keep_aspect_ratio=True,
-        ensure_multiple_of=14,
-        resample=3,
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-        do_pad=False,
-    ).save_pretrained(folder)
+    save_depth_processor(folder, DEPTH_V2_SMALL["input_size"])
     return folder
 
 
 def save_sam2_model(folder: Path, seed: int = 0) -> Path:
     """Random SAM 2.1 hiera-tiny + its 1024 px video processor, loadable by the stage."""
     import torch
-    from transformers import (
-        Sam2ImageProcessor,
-        Sam2VideoModel,
-        Sam2VideoProcessor,
-        Sam2VideoVideoProcessor,
-    )
+    from transformers import Sam2VideoModel
+
+    from tests.tiny_sam2 import save_sam2
 
     size = SAM21_HIERA_TINY["image_size"]
     torch.manual_seed(seed)
     model = Sam2VideoModel(sam2_config())
-    processor = Sam2VideoProcessor(
-        image_processor=Sam2ImageProcessor(
-            size={"height": size, "width": size},
-            mask_size={"height": size // 4, "width": size // 4},
-        ),
-        video_processor=Sam2VideoVideoProcessor(size={"height": size, "width": size}),
-        target_size=size,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_sam2(model, folder, size)
 
 
 # --------------------------------------------------------------------------- GPU sampling

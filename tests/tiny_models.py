@@ -32,6 +32,24 @@ Box = tuple[float, float, float, float]
 # --------------------------------------------------------------------------- depth
 
 
+def save_depth_processor(folder: Path, size: int) -> None:
+    """Depth Anything's published image processor settings, at input ``size``."""
+    from transformers import DPTImageProcessor
+
+    DPTImageProcessor(
+        do_resize=True,
+        size={"height": size, "width": size},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        do_pad=False,
+    ).save_pretrained(folder)
+
+
 def tiny_depth_model(folder: Path, seed: int = 0, input_size: int = 56) -> Path:
     """A ~0.5 MB Depth Anything saved in ``folder`` (config, safetensors, preprocessor)."""
     import torch
@@ -39,7 +57,6 @@ def tiny_depth_model(folder: Path, seed: int = 0, input_size: int = 56) -> Path:
         AutoModelForDepthEstimation,
         DepthAnythingConfig,
         Dinov2Config,
-        DPTImageProcessor,
     )
 
     backbone = Dinov2Config(
@@ -65,18 +82,7 @@ def tiny_depth_model(folder: Path, seed: int = 0, input_size: int = 56) -> Path:
     model = AutoModelForDepthEstimation.from_config(config)  # type: ignore[no-untyped-call]
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    DPTImageProcessor(
-        do_resize=True,
-        size={"height": input_size, "width": input_size},
-        keep_aspect_ratio=True,
-        ensure_multiple_of=14,
-        resample=3,
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-        do_pad=False,
-    ).save_pretrained(folder)
+    save_depth_processor(folder, input_size)
     return folder
 
 

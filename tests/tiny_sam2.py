@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,24 @@ from tests.tiny_models import _constant_graph, detector_output
 Box = tuple[float, float, float, float]
 
 SAM2_SIZE = 128
+
+
+def save_sam2(model: Any, folder: Path, size: int) -> Path:
+    """Save a SAM 2 video model with the video processor the stage loads, at ``size``."""
+    from transformers import Sam2ImageProcessor, Sam2VideoProcessor, Sam2VideoVideoProcessor
+
+    processor = Sam2VideoProcessor(
+        image_processor=Sam2ImageProcessor(
+            size={"height": size, "width": size},
+            mask_size={"height": size // 4, "width": size // 4},
+        ),
+        video_processor=Sam2VideoVideoProcessor(size={"height": size, "width": size}),
+        target_size=size,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def tiny_sam2(folder: Path, seed: int = 0, size: int = SAM2_SIZE) -> Path:
@@ -37,11 +56,8 @@ def tiny_sam2(folder: Path, seed: int = 0, size: int = SAM2_SIZE) -> Path:
     import torch
     from transformers import (
         Sam2HieraDetConfig,
-        Sam2ImageProcessor,
         Sam2VideoConfig,
         Sam2VideoModel,
-        Sam2VideoProcessor,
-        Sam2VideoVideoProcessor,
         Sam2VisionConfig,
     )
 
@@ -87,18 +103,7 @@ def tiny_sam2(folder: Path, seed: int = 0, size: int = SAM2_SIZE) -> Path:
     )
     torch.manual_seed(seed)
     model = Sam2VideoModel(config)
-    processor = Sam2VideoProcessor(
-        image_processor=Sam2ImageProcessor(
-            size={"height": size, "width": size},
-            mask_size={"height": size // 4, "width": size // 4},
-        ),
-        video_processor=Sam2VideoVideoProcessor(size={"height": size, "width": size}),
-        target_size=size,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_sam2(model, folder, size)
 
 
 def detector_rows(
