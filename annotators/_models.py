@@ -5,7 +5,9 @@ lookup of single-file models (ONNX graphs) by local path or hub file."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +141,17 @@ def torch_device(stage: str, device: str, threads: int | None) -> tuple[Any, Any
     if threads:
         torch.set_num_threads(threads)
     return torch.device("cuda" if use_cuda else "cpu"), torch.float16 if use_cuda else torch.float32
+
+
+def files_digest(paths: Iterable[Path], *, with_names: bool = True) -> str:
+    """A short sha256 of model files, recorded as the model's version in provenance when no
+    hub revision names it: the files' contents, each preceded by its name unless
+    ``with_names`` is off (a single ``.onnx`` file is known by its bytes alone)."""
+    h = hashlib.sha256()
+    for path in paths:
+        if with_names:
+            h.update(path.name.encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

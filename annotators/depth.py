@@ -4,7 +4,6 @@ video; the text facts and short-prompt rules that depth maps imply."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -17,7 +16,13 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from annotators._media import decode_mp4, encode_mp4, playback_fps
-from annotators._models import fetch_hint, hub_cache_only, model_folder_problem, torch_device
+from annotators._models import (
+    fetch_hint,
+    files_digest,
+    hub_cache_only,
+    model_folder_problem,
+    torch_device,
+)
 from annotators.base import (
     Annotator,
     AnnotatorConfig,
@@ -116,18 +121,13 @@ def depth_license(model: str, override: str | None = None) -> str:
 
 
 def _weights_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix in (".safetensors", ".bin") or p.name == "config.json"
+    return files_digest(
+        sorted(
+            p
+            for p in folder.iterdir()
+            if p.suffix in (".safetensors", ".bin") or p.name == "config.json"
+        )
     )
-    for p in files:
-        h.update(p.name.encode())
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def normalize_depth(

@@ -10,7 +10,6 @@ its frames.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -20,6 +19,7 @@ from pydantic import Field, model_validator
 
 from annotators._models import (
     fetch_hint,
+    files_digest,
     hub_cache_only,
     hub_file,
     looks_like_path,
@@ -94,16 +94,6 @@ class AestheticsConfig(AnnotatorConfig):
 
 def _license(ref: str, override: str | None) -> str:
     return override or KNOWN_LICENSES.get(ref, "unknown")
-
-
-def _digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def _clip_missing(model: str, reason: str) -> MissingDependency:
@@ -285,7 +275,7 @@ class AestheticsAnnotator(ScoreAnnotator):
             ),
             ModelInfo(
                 model_id=cfg.head,
-                version=f"sha256 {_digest([head_path])}",
+                version=f"sha256 {files_digest([head_path])}",
                 license=_license(cfg.head, cfg.head_license),
             ),
         ]
@@ -299,7 +289,7 @@ class AestheticsAnnotator(ScoreAnnotator):
                 for p in folder.iterdir()
                 if p.suffix in (".safetensors", ".bin") or p.name == "config.json"
             )
-            return _digest(files)
+            return files_digest(files)
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(source, "config.json")

@@ -9,7 +9,6 @@ onnxruntime. The recogniser is not run: only where text is matters, not what it 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 from pathlib import Path
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from annotators._models import files_digest
 from annotators.base import (
     AnnotatorConfig,
     ClipInput,
@@ -74,14 +74,6 @@ def text_mask(shape: tuple[int, int], boxes: np.ndarray) -> np.ndarray:
         polys = [np.round(b).astype(np.int32).reshape(-1, 1, 2) for b in boxes]
         cv2.fillPoly(mask, polys, 1)
     return mask.astype(bool)
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 class TextOverlayAnnotator(ScoreAnnotator):
@@ -156,7 +148,7 @@ class TextOverlayAnnotator(ScoreAnnotator):
                 model_id=f"{RAPIDOCR_DISTRIBUTION}:{WHEEL_DET_MODEL}"
                 if cfg.model is None
                 else cfg.model,
-                version=f"{RAPIDOCR_DISTRIBUTION} {version}; sha256 {_file_digest(path)}",
+                version=f"{RAPIDOCR_DISTRIBUTION} {version}; sha256 {files_digest([path], with_names=False)}",
                 license=DETECTOR_LICENSE if cfg.model is None else "unknown",
             )
         ]

@@ -3,7 +3,6 @@ persons tracked across frames, stored as arrays plus a rendered pose video."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -15,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from annotators._media import decode_mp4, encode_mp4, playback_fps
-from annotators._models import model_file
+from annotators._models import files_digest, model_file
 from annotators._onnx import OnnxModel, open_model
 from annotators.base import (
     Annotator,
@@ -78,14 +77,6 @@ class PoseConfig(AnnotatorConfig):
             if os.environ.get(var):
                 data[key] = os.environ[var]
         return data
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def _model_files(cfg: PoseConfig) -> tuple[Path, Path]:
@@ -247,7 +238,10 @@ class PoseAnnotator(Annotator):
         self.detector = open_model(det_path, providers, cfg.threads, "DWPose detector")
         self.pose_model = open_model(pose_path, providers, cfg.threads, "DWPose pose model")
         self._check_signatures(self.detector, self.pose_model)
-        self.versions = {"det": _file_digest(det_path), "pose": _file_digest(pose_path)}
+        self.versions = {
+            "det": files_digest([det_path], with_names=False),
+            "pose": files_digest([pose_path], with_names=False),
+        }
 
     @staticmethod
     def _providers(device: str) -> list[str]:
