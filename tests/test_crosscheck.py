@@ -169,6 +169,17 @@ def test_grounded_writer_on_consistent_record_gives_no_flag() -> None:
     parts = grounded(rec)
     assert "The camera does not move: no pan, tilt, roll, translation or zoom." in parts["camera"]
     assert cross_check(parts, rec) == []
+    # the captions stage hands over the facts its context holds: the same verdicts
+    ctx = build_context(rec, condition_types(), ImageOptions(), with_images=False)
+    given = [f for cond in ctx.conditions for f in cond.facts]
+    assert cross_check(parts, rec, facts=given) == []
+    two = record(camera=camera(["static"]), pose=pose(3, typical=2), depth=depth())
+    two_facts = [
+        f
+        for c in build_context(two, condition_types(), ImageOptions(), with_images=False).conditions
+        for f in c.facts
+    ]
+    assert cross_check(grounded(two), two, facts=two_facts) == cross_check(grounded(two), two)
 
 
 @pytest.mark.parametrize(

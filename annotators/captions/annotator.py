@@ -120,7 +120,9 @@ class CaptionsAnnotator(WriterStage):
         cfg = self.config
         if cfg.cross_checks == "off":
             return []
-        flags = cross_check(components, ctx.record, cfg.cross_check)
+        # the writer's context already holds the grounding facts the checks leave aside
+        facts = [f for cond in ctx.conditions for f in cond.facts]
+        flags = cross_check(components, ctx.record, cfg.cross_check, facts)
         if flags and cfg.cross_checks == "fail":
             raise InvalidCaption(
                 "the caption contradicts the conditions: "

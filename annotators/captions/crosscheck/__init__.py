@@ -42,13 +42,18 @@ from schemas import CaptionFlag, Record
 
 
 def cross_check(
-    caption: Mapping[str, str], record: Record, settings: CrossCheckSettings | None = None
+    caption: Mapping[str, str],
+    record: Record,
+    settings: CrossCheckSettings | None = None,
+    facts: list[str] | None = None,
 ) -> list[CaptionFlag]:
     """Flags where ``caption`` (component name -> text) contradicts ``record``'s conditions.
 
     Checks whose condition the record lacks are skipped; see the module docstring for the
     rules. Flags come in a fixed order: camera, off_topic, subject_count,
-    people_without_pose, near_copy.
+    people_without_pose, near_copy. ``facts`` are the record's grounding facts when the
+    caller has them already (the caption writer's context); otherwise they are asked of
+    the condition types.
     """
     s = settings or DEFAULT_SETTINGS
     flags: list[CaptionFlag] = []
@@ -56,7 +61,10 @@ def cross_check(
         flags += _check_camera(caption, record, s)
     if s.off_topic:
         flags += _check_off_topic(caption, record, s)
-    facts = _fact_texts(record) if s.subject_count or s.near_copy else []
+    if facts is None:
+        facts = _fact_texts(record) if s.subject_count or s.near_copy else []
+    else:
+        facts = [f.strip() for f in facts if f.strip()]
     if s.subject_count:
         flags += _check_subject_count(caption, record, s, facts)
     if s.people_without_pose:
