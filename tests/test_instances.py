@@ -374,3 +374,39 @@ def test_any2capins_recipe_on_local_ray(
         assert [i.key for i in record.instances or []] == [
             i.key for i in local_records[name].instances or []
         ]
+
+
+def test_a_prompt_that_keeps_breaking_its_rules_fails_only_its_clip(tmp_path: Path) -> None:
+    """Every answer for clip 0's camera instance describes the camera: after the repair
+    prompts the clip is an InvalidCaption (a failure row in a build), the other clip is
+    written, and nothing raises."""
+    from annotators.captions.errors import InvalidCaption
+    from annotators.captions.instances import InstancesAnnotator
+    from tests.openai_server import make_inputs, match_clip
+
+    inputs = make_inputs(tmp_path / "data", 2, camera=True)
+    for item in inputs:  # an imported trajectory: always suits camera
+        camera = item.record.conditions.camera
+        assert camera is not None
+        item.record.conditions.camera = camera.model_copy(update={"source": "realestate10k"})
+    with FakeOpenAI(plain_prompts=True) as server:
+        server.add_fault("violation", component="short_prompt", match=match_clip(0), times=99)
+        stage = InstancesAnnotator(
+            InstancesConfig(
+                writer="openai",
+                base_url=server.base_url,
+                model="test-model",
+                cache_dir=str(tmp_path / "cache"),
+                repair_attempts=2,
+            )
+        )
+        try:
+            failed, ok = stage(inputs)
+        finally:
+            stage.close()
+    assert isinstance(failed, InvalidCaption)
+    assert "camera" in str(failed) and "after 2 repair prompts" in str(failed)
+    assert isinstance(ok, dict)
+    (instance,) = ok["instances"]
+    assert instance["condition_types"] == ["camera"] and "pans left" not in instance["short_prompt"]
+    assert server.stats.faults_fired["violation"] == 3  # the first answer and two repairs
