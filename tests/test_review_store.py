@@ -420,7 +420,7 @@ def test_migrations_match_the_models(run_dir: Path, db_url: str | None) -> None:
     store = open_store(str(run_dir), db_url)
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        assert ctx.get_current_revision() == "0002"
+        assert ctx.get_current_revision() == "0003"
         assert compare_metadata(ctx, Base.metadata) == []
 
 

@@ -1,4 +1,5 @@
-"""``any2cap captions``: Batch API mode (submit, status, collect, run) and caption spend.
+"""``any2cap captions``: Batch API mode (submit, status, collect, run), caption spend, and
+``regenerate``: new text for the fields human reviewers rejected.
 
 The caption settings (endpoint, cache, prices) come from the ``captions`` stage of the
 recipe recorded in RUN_DIR/run.json, with the same ``OPENAI_*`` environment variables as
@@ -20,7 +21,10 @@ from annotators.base import MissingDependency
 from annotators.captions import CaptionsConfig, ResponseCache
 from pipeline.rundir import RunDir
 
-captions_app = typer.Typer(help="Caption writer: Batch API mode and spend.", no_args_is_help=True)
+captions_app = typer.Typer(
+    help="Caption writer: Batch API mode, spend, and regenerating rejected fields.",
+    no_args_is_help=True,
+)
 batch_app = typer.Typer(
     help="OpenAI Batch API: send what a `mode: batch` build queued, collect the answers "
     "into the response cache, then build again.",
@@ -197,3 +201,124 @@ def cost(
         f"paid by these builds: ${result['paid_usd']:.6f}; captions in {len(records)} records "
         f"cost ${result['records_cost_usd']:.6f} when bought"
     )
+
+
+def _stage_params(run_dir: str, annotator: str) -> dict[str, Any] | None:
+    info = RunDir(run_dir).load_info()
+    stages = [
+        s
+        for s in (info.recipe.get("stages", []) if info else [])
+        if s.get("annotator") == annotator
+    ]
+    return dict(stages[0].get("params") or {}) if stages else None
+
+
+@captions_app.command("regenerate")
+def regenerate(
+    run: Annotated[str, typer.Option("--run", help="run directory whose review rejected fields")],
+    db: Annotated[
+        str | None, typer.Option("--db", help="review store URL (default: RUN_DIR/review.db)")
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+    base_url: BaseUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rewrite the fields reviewers rejected and queue each item again as its next revision.
+
+    Reads the review store's items whose outcome is ``regenerate``; for each, asks the
+    captions model again for every rejected field only (instance prompts through the
+    instances stage's writer), with the reviewer's reason, note and the rejected text in the
+    request. The other fields stay byte-identical. The new record is saved to RUN_DIR and
+    re-queued for review (audit: "regenerated" from revision N to N+1). Exit code 1 when a
+    field could not be rewritten (its item stays waiting).
+    """
+    from annotators.captions.annotator import make_writer
+    from annotators.captions.instances import InstancesConfig
+    from annotators.captions.regenerate import Rejection, regenerate_fields
+    from workflows.review import ReviewError, open_store
+
+    try:
+        store = open_store(run_dir=run, db_url=db)
+    except ReviewError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    tasks = store.regeneration_queue()
+    report: dict[str, Any] = {"waiting": len(tasks), "requeued": [], "failed": []}
+    if not tasks:
+        _print_regenerate(report, as_json)
+        return
+    config = stage_config(run, cache_dir, base_url)
+    instance_params = _stage_params(run, "instances")
+    try:
+        _, writer = make_writer(config)
+        prompt_writer = None
+        if instance_params is not None and any(
+            n.startswith("short_prompt:") for t in tasks for n in t.rejected
+        ):
+            instance_params = {**instance_params, "writer": "openai"}
+            if cache_dir:
+                instance_params["cache_dir"] = cache_dir
+            if base_url:
+                instance_params["base_url"] = base_url
+            _, prompt_writer = make_writer(InstancesConfig.model_validate(instance_params))
+    except (MissingDependency, ValidationError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    assert writer is not None
+    rundir = RunDir(run)
+    try:
+        for task in tasks:
+            rejections = [
+                Rejection(name, v.reason, v.note, v.machine_text)
+                for name, v in task.rejected.items()
+            ]
+            if not rejections:
+                report["failed"].append(
+                    {"clip_id": task.clip_id, "error": "no rejected field recorded"}
+                )
+                continue
+            done = regenerate_fields(task.record, rejections, writer, prompt_writer)
+            if done.errors:
+                report["failed"].append({"clip_id": task.clip_id, "errors": done.errors})
+                continue
+            try:
+                # the store first: its version check stops a second regenerate of the item
+                revision = store.requeue_regenerated(task.item_id, task.version, done.record)
+            except ReviewError as e:
+                report["failed"].append({"clip_id": task.clip_id, "error": str(e)})
+                continue
+            rundir.save_record(done.record)
+            report["requeued"].append(
+                {
+                    "clip_id": task.clip_id,
+                    "item_id": task.item_id,
+                    "fields": list(done.texts),
+                    "revision": revision,
+                    "requests": done.requests,
+                    "cost_usd": round(done.cost_usd, 8),
+                }
+            )
+    finally:
+        writer.close()
+        if prompt_writer is not None:
+            prompt_writer.close()
+    _print_regenerate(report, as_json)
+    if report["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_regenerate(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    if not report["waiting"]:
+        out.print("nothing to regenerate: no reviewed item waits for new text")
+        return
+    for r in report["requeued"]:
+        out.print(
+            f"{r['clip_id']}: rewrote {', '.join(r['fields'])}; queued again as revision "
+            f"{r['revision']} ({r['requests']} model requests)"
+        )
+    for f in report["failed"]:
+        err.print(f"[red]{f['clip_id']}: not rewritten:[/red] {f.get('errors') or f.get('error')}")
+    out.print(f"{len(report['requeued'])} of {report['waiting']} items queued again for review")

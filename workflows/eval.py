@@ -348,7 +348,11 @@ def review_entries(store: ReviewStore) -> tuple[dict[str, Entry], dict[str, Entr
     """Machine and human entries of every clip the store's run finally kept (accepted or
     edited), from the store: the record as it was reviewed, and the same record with the
     final edits applied (:func:`apply_review`). Also what the review decided, for the
-    report (states, edited fields)."""
+    report (states, edited fields, per-field verdicts and regenerated fields).
+
+    Fixes given as per-field verdicts are the final edits like any other (the store keeps
+    them as such), so they count as human text here; a regenerated field's machine text is
+    the regenerated one, the text the reviewers finally saw."""
     states = store.final_states()
     kept = sorted(cid for cid, r in states.items() if r.state in KEPT_STATES)
     machine: dict[str, Entry] = {}
@@ -360,6 +364,14 @@ def review_entries(store: ReviewStore) -> tuple[dict[str, Entry], dict[str, Entr
         machine[clip_id] = entry_of(record)
         human[clip_id] = entry_of(record, edits)
         edited.update(edits.keys())
+    # verdicts of the kept items' deciding revision, per field and verdict (accept/fix/reject)
+    verdicts: dict[str, Counter[str]] = {}
+    for clip_id in kept:
+        state = states[clip_id]
+        for r in state.reviews:
+            if r.revision == state.revision:
+                for name, v in r.verdicts.items():
+                    verdicts.setdefault(name, Counter())[v.verdict] += 1
     binding = store.run
     review = {
         "store": store.engine.url.render_as_string(hide_password=True),
@@ -367,6 +379,10 @@ def review_entries(store: ReviewStore) -> tuple[dict[str, Entry], dict[str, Entr
         "states": dict(sorted(Counter(r.state for r in states.values()).items())),
         "compared": len(machine),
         "edited_fields": dict(sorted(edited.items())),
+        "field_verdicts": {name: dict(sorted(c.items())) for name, c in sorted(verdicts.items())},
+        "regenerated_fields": dict(
+            sorted(Counter(g.field for r in states.values() for g in r.regenerations).items())
+        ),
     }
     return machine, human, review
 

@@ -161,9 +161,19 @@ class OpenAIWriter:
             problems.insert(0, "the answer was cut off at the output token limit")
         return text, problems, is_refusal(text)
 
-    def run_part(self, ctx: ClipContext, part: str, abandoned: threading.Event) -> PartResult:
+    def run_part(
+        self,
+        ctx: ClipContext,
+        part: str,
+        abandoned: threading.Event,
+        feedback: str | None = None,
+    ) -> PartResult:
+        """One part, repaired until valid. ``feedback`` (a reviewer's rejection, see
+        :mod:`annotators.captions.regenerate`) follows the instruction as its own message."""
         result = PartResult(part)
         messages = part_messages(ctx, part, self.templates, self.config)
+        if feedback is not None:
+            messages = [*messages, {"role": "user", "content": feedback}]
         problems: list[str] = []
         refused = False
         try:

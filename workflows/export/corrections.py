@@ -1,11 +1,16 @@
 """``any2cap export --corrections``: what people changed or turned down, as training data.
 
 One row per field a human changed (decision ``edit``: the machine text and the human text,
-an SFT target and a preference pair) or turned down (decision ``reject``: a reject is a
-verdict on the whole record, so every field of a rejected record with machine text gets a
-row, human text null, with the reject's reason code and note). Only final decisions count
-(an item waiting for adjudication has none yet); accepted records without edits give no
-rows. The texts come from the record as the reviewers saw it (the store's copy) and the
+an SFT target and a preference pair) or turned down (decision ``reject``: a whole-record
+reject is a verdict on every field, so every field of a rejected record with machine text
+gets a row, human text null, with the reject's reason code and note). With per-field
+verdicts (``verdict``: fix / reject) only the fields concerned get rows, each with its own
+reason and note. A field rejected and then regenerated gives a ``reject`` row per rejected
+revision: ``machine_text`` the rejected text, ``replacement_text`` the text the regeneration
+wrote instead, and ``chosen_text`` the field's final text once the item was accepted or
+edited (the rejected text against it is a preference pair). Only final decisions count
+(an item waiting for adjudication has none yet; a rejected revision is final for that
+text); accepted records without edits give no rows. The texts come from the record as the reviewers saw it (the store's copy) and the
 human text from :func:`workflows.review.text.apply_review`, the one edit applier.
 
 Written as one Parquet file per run, ``OUT/corrections-<run>.parquet``, under a temporary
@@ -33,6 +38,7 @@ from schemas import CAPTION_COMPONENTS, Record, utc_now
 from workflows.export.run import review_snapshot
 from workflows.export.shards import ExportError, instances_of
 from workflows.review import ClipReview, ReviewStore, open_store
+from workflows.review._types import FieldVerdictInfo
 from workflows.review.text import (
     PROMPT,
     apply_review,
@@ -42,7 +48,7 @@ from workflows.review.text import (
     prompt_field,
 )
 
-CORRECTIONS_VERSION = "1"
+CORRECTIONS_VERSION = "2"
 CORRECTIONS_SCHEMA = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),
@@ -58,6 +64,10 @@ CORRECTIONS_SCHEMA = pa.schema(
         pa.field("reviewer", pa.string()),  # who decided, comma-separated
         pa.field("decided_at", pa.timestamp("us", tz="UTC")),
         pa.field("run_id", pa.string(), nullable=False),  # the build run of the machine text
+        pa.field("verdict", pa.string()),  # fix | reject with per-field verdicts, else null
+        pa.field("revision", pa.int32(), nullable=False),  # the item revision of machine_text
+        pa.field("replacement_text", pa.string()),  # a regenerated field's next text
+        pa.field("chosen_text", pa.string()),  # its final text, once accepted or edited
     ],
     metadata={b"any2capins.corrections": CORRECTIONS_VERSION.encode()},
 )
@@ -104,50 +114,121 @@ def _instance_of(record: Record, name: str) -> tuple[str | None, str | None, lis
     return None, None, sorted(record.conditions.present())
 
 
+def _final_verdicts(review: ClipReview) -> dict[str, FieldVerdictInfo]:
+    """The per-field verdicts of the reviews that decided the current revision (the first
+    reviewer's verdict per field stands, as in the store's settling); empty when they were
+    whole-record decisions."""
+    out: dict[str, FieldVerdictInfo] = {}
+    current = [r for r in review.reviews if r.revision == review.revision]
+    decisive = [r for r in current if r.kind == "adjudication"][-1:] or current
+    for r in decisive:
+        for name, v in r.verdicts.items():
+            out.setdefault(name, v)
+    return out
+
+
 def correction_rows(record: Record, review: ClipReview) -> list[dict[str, Any]]:
-    """The rows of one finally edited or rejected record (none for other states)."""
-    decision = DECISIONS.get(review.state)
-    if decision is None:
-        return []
+    """The rows of one record: its final edits or reject, and every rejected revision of a
+    regenerated field (none for other states)."""
     machine = machine_texts(record)
-    if decision == "edit":
-        human = machine_texts(apply_review(record, review.edits))
-        fields = [n for n in field_names(record) if human[n] != machine[n]]
-    else:
-        human = {}
-        fields = [n for n in field_names(record) if machine[n].strip()]
-    rows = []
-    for name in fields:
+    verdicts = _final_verdicts(review)
+    # a reject given per field concerns its fields only, not the whole record
+    per_field = any(v.verdict == "reject" for v in verdicts.values())
+    decision = DECISIONS.get(review.state)
+    if review.queue_state == "regenerate":
+        decision = "reject"
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, **values: Any) -> dict[str, Any]:
         instance_id, key, types = _instance_of(record, name)
-        rows.append(
-            {
-                "clip_id": record.clip_id,
-                "instance_id": instance_id,
-                "instance_key": key,
-                "field": name,
-                "machine_text": machine[name],
-                "human_text": human.get(name),
-                "decision": decision,
-                "reason": review.reason,
-                "note": review.note,
-                "condition_types": types,
-                "reviewer": ", ".join(review.reviewers) or None,
-                "decided_at": review.decided_at,
-                "run_id": record.provenance.run_id,
-            }
-        )
+        base = {
+            "clip_id": record.clip_id,
+            "instance_id": instance_id,
+            "instance_key": key,
+            "field": name,
+            "machine_text": machine[name],
+            "human_text": None,
+            "decision": decision,
+            "reason": review.reason,
+            "note": review.note,
+            "condition_types": types,
+            "reviewer": ", ".join(review.reviewers) or None,
+            "decided_at": review.decided_at,
+            "run_id": record.provenance.run_id,
+            "verdict": verdicts[name].verdict if name in verdicts else None,
+            "revision": review.revision,
+            "replacement_text": None,
+            "chosen_text": None,
+        }
+        return {**base, **values}
+
+    final_human: dict[str, str] | None = None
+    if review.state in ("accepted", "edited"):
+        final_human = machine_texts(apply_review(record, review.edits))
+    if decision == "edit":
+        assert final_human is not None
+        rows += [
+            row(n, human_text=final_human[n])
+            for n in field_names(record)
+            if final_human[n] != machine[n]
+        ]
+    elif decision == "reject" and per_field:
+        for name in field_names(record):
+            v = verdicts.get(name)
+            if v is None or v.verdict == "accept":
+                continue
+            if v.verdict == "fix":
+                rows.append(row(name, human_text=v.text, decision="edit", reason=None, note=None))
+            else:
+                rows.append(row(name, reason=v.reason, note=v.note))
+    elif decision == "reject":
+        rows += [row(n) for n in field_names(record) if machine[n].strip()]
+    # every rejected revision of a regenerated field, oldest first
+    history: dict[str, list[Any]] = {}
+    for r in review.regenerations:
+        history.setdefault(r.field, []).append(r)
+    for name, done in history.items():
+        if name not in machine:
+            continue
+        for i, r in enumerate(done):
+            replacement = done[i + 1].rejected_text if i + 1 < len(done) else machine[name]
+            rows.append(
+                row(
+                    name,
+                    machine_text=r.rejected_text,
+                    decision="reject",
+                    verdict="reject",
+                    reason=r.reason,
+                    note=r.note,
+                    revision=r.revision,
+                    replacement_text=replacement,
+                    chosen_text=final_human[name] if final_human is not None else None,
+                    decided_at=None,
+                )
+            )
     return rows
 
 
 def corrections_table(store: ReviewStore) -> tuple[pa.Table, dict[str, ClipReview]]:
     """Every correction row of the store's run, and the final states they came from."""
     states = store.final_states()
-    wanted = sorted(cid for cid, r in states.items() if r.state in DECISIONS)
+    wanted = sorted(
+        cid
+        for cid, r in states.items()
+        if r.state in DECISIONS or r.queue_state == "regenerate" or r.regenerations
+    )
     rows: list[dict[str, Any]] = []
     for clip_id, raw in sorted(store.reviewed_records(wanted)):
         rows += correction_rows(Record.model_validate_json(raw), states[clip_id])
     order = {n: i for i, n in enumerate(CAPTION_COMPONENTS)}
-    rows.sort(key=lambda r: (r["clip_id"], order.get(r["field"], len(order)), r["field"]))
+    rows.sort(
+        key=lambda r: (
+            r["clip_id"],
+            order.get(r["field"], len(order)),
+            r["field"],
+            r["revision"],
+        )
+    )
     return pa.Table.from_pylist(rows, schema=CORRECTIONS_SCHEMA), states
 
 

@@ -14,28 +14,64 @@ timestamps; ``ClipReview.review_state()`` converts it to the record schema's ``R
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workflows.review.policy import ReviewPolicy, load_policy
-from workflows.review.store import (
-    ClipReview,
-    Conflict,
-    DecisionResult,
-    Forbidden,
-    IngestReport,
-    Invalid,
-    ItemView,
-    LoginLimits,
-    NotFound,
-    ReviewError,
-    ReviewInfo,
-    ReviewStore,
-    StaleVersion,
-    Throttled,
-    UserInfo,
-    open_store,
-)
-from workflows.review.text import FIELDS, apply_review, field_names
+from schemas._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from workflows.review._regenerate import regeneration_hint
+    from workflows.review.outcome import FieldVerdict, Outcome, field_outcome
+    from workflows.review.policy import ReviewPolicy, load_policy
+    from workflows.review.store import (
+        ClipReview,
+        Conflict,
+        DecisionResult,
+        Forbidden,
+        IngestReport,
+        Invalid,
+        ItemView,
+        LoginLimits,
+        NotFound,
+        ReviewError,
+        ReviewInfo,
+        ReviewStore,
+        StaleVersion,
+        Throttled,
+        UserInfo,
+        open_store,
+    )
+    from workflows.review.text import FIELDS, apply_review, field_names
+
+# Imported on first use: export and the shard reader import `workflows.review.text` without
+# the store's database dependencies.
+_WHERE = {
+    "regeneration_hint": "workflows.review._regenerate",
+    "FieldVerdict": "workflows.review.outcome",
+    "Outcome": "workflows.review.outcome",
+    "field_outcome": "workflows.review.outcome",
+    "ReviewPolicy": "workflows.review.policy",
+    "load_policy": "workflows.review.policy",
+    "ClipReview": "workflows.review.store",
+    "Conflict": "workflows.review.store",
+    "DecisionResult": "workflows.review.store",
+    "Forbidden": "workflows.review.store",
+    "IngestReport": "workflows.review.store",
+    "Invalid": "workflows.review.store",
+    "ItemView": "workflows.review.store",
+    "LoginLimits": "workflows.review.store",
+    "NotFound": "workflows.review.store",
+    "ReviewError": "workflows.review.store",
+    "ReviewInfo": "workflows.review.store",
+    "ReviewStore": "workflows.review.store",
+    "StaleVersion": "workflows.review.store",
+    "Throttled": "workflows.review.store",
+    "UserInfo": "workflows.review.store",
+    "open_store": "workflows.review.store",
+    "FIELDS": "workflows.review.text",
+    "apply_review": "workflows.review.text",
+    "field_names": "workflows.review.text",
+}
+__getattr__, __dir__ = lazy_exports(globals(), _WHERE)
 
 
 def final_states(store: ReviewStore) -> dict[str, ClipReview]:
@@ -52,7 +88,11 @@ def final_states(store: ReviewStore) -> dict[str, ClipReview]:
     - ``reviewers``: who decided (independent reviewers, then the adjudicator).
     - ``reason`` / ``note``: the reject reason code and free text (notes on accepts too).
     - ``ingested_at`` / ``decided_at``: when the item was queued and finally decided.
-    - ``reviews``: every individual decision (:class:`ReviewInfo`), oldest first.
+    - ``reviews``: every individual decision (:class:`ReviewInfo`, with its per-field
+      ``verdicts`` when given per field), oldest first, over every revision.
+    - ``revision`` / ``regenerations``: the item's revision (1 as ingested, +1 per
+      regeneration) and each regenerated field's rejected text, reason and note.
+    A clip waiting for regeneration is ``pending`` (``queue_state == "regenerate"``).
     """
     return store.final_states()
 
@@ -66,7 +106,8 @@ def review_stats(store: ReviewStore) -> dict[str, Any]:
     instance that changed its prompt), ``annotators`` (counts,
     median seconds per item, items per hour of work), ``agreement`` (over items reviewed
     twice: accept/reject agreement, Cohen's kappa, per-component identical-text rate and
-    mean normalised word edit distance)."""
+    mean normalised word edit distance), ``field_verdicts`` (per field: accepted / fixed /
+    rejected counts and reject reasons of kept per-field verdicts) and ``regeneration``."""
     return store.stats()
 
 
@@ -75,12 +116,14 @@ __all__ = [
     "ClipReview",
     "Conflict",
     "DecisionResult",
+    "FieldVerdict",
     "Forbidden",
     "IngestReport",
     "Invalid",
     "ItemView",
     "LoginLimits",
     "NotFound",
+    "Outcome",
     "ReviewError",
     "ReviewInfo",
     "ReviewPolicy",
@@ -90,8 +133,10 @@ __all__ = [
     "UserInfo",
     "apply_review",
     "field_names",
+    "field_outcome",
     "final_states",
     "load_policy",
     "open_store",
+    "regeneration_hint",
     "review_stats",
 ]

@@ -4,6 +4,7 @@ look-ups and the snapshot and JSON helpers of the audit trail."""
 
 from __future__ import annotations
 
+import functools
 import json
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -78,7 +79,7 @@ class StoreBase:
         row = s.get(Run, self._bound().run_key)
         if row is None:
             return ReviewPolicy()
-        return ReviewPolicy.model_validate_json(row.policy_json)
+        return _parsed_policy(row.policy_json)
 
     def _locked_item(self, s: Session, item_id: int) -> Item:
         item = s.get(Item, item_id, with_for_update=True)
@@ -106,3 +107,11 @@ def snapshot(item: Item) -> dict[str, Any]:
 
 def conditions_of(record: Record) -> list[str]:
     return sorted(record.conditions.present())
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed_policy(policy_json: str) -> ReviewPolicy:
+    # A claim and a decision each read the run's policy several times; parsing the same
+    # JSON again cost about 1.2 ms a decision (docs/benchmarks.md, "Offered load and
+    # workers"). Callers only read the policy.
+    return ReviewPolicy.model_validate_json(policy_json)

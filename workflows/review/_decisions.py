@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from schemas import Record
@@ -21,10 +22,13 @@ from workflows.review._types import (
 )
 from workflows.review.models import (
     FINAL_STATES,
+    Claim,
+    FieldVerdictRow,
     Item,
     Review,
     User,
 )
+from workflows.review.outcome import VERDICTS, FieldVerdict, Outcome, field_outcome
 from workflows.review.policy import ReviewPolicy
 from workflows.review.text import (
     FIELDS,
@@ -83,19 +87,7 @@ class DecisionsMixin(LeasesMixin):
             note = note.strip() or None
         now = self._now()
         with self._write() as s:
-            item = self._locked_item(s, item_id)
-            # The version first: "it changed since you loaded it" is what a stale page needs
-            # to hear, whatever happened to the lease meanwhile.
-            if item.version != version:
-                raise StaleVersion(
-                    f"item {item_id} changed since you loaded it (version {version}, now "
-                    f"{item.version}, {item.state}); your decision was not applied",
-                    item.version,
-                )
-            claim = self._my_claim(s, item, user, now)
-            expected = "disputed" if claim.kind == "adjudication" else "pending"
-            if item.state != expected:
-                raise Conflict(f"item {item_id} is {item.state}, nothing to decide")
+            item, claim = self._decidable(s, user, item_id, version, now)
             policy = self._policy(s)
             record = Record.model_validate_json(item.record_json)
             unknown = unknown_fields(record, list(edits))
@@ -127,45 +119,270 @@ class DecisionsMixin(LeasesMixin):
                     raise Invalid(
                         f"cannot {decision} with {missing}: write {', '.join(empty)} or reject"
                     )
-            before = snapshot(item)
-            started = claim.claimed_at
-            claim.status, claim.closed_at = "completed", now
-            review = Review(
-                item_id=item.id,
-                user_id=user.id,
-                claim_id=claim.id,
-                kind=claim.kind,
-                decision=decision,
-                edits_json=dumps(changed),
-                reason=reason if decision == "reject" else None,
-                note=note,
-                version_seen=version,
-                seconds=max(0.0, (now - started).total_seconds()),
-                created_at=now,
+            implicit = None
+            if decision != "reject":
+                implicit = {
+                    k: FieldVerdict("fix", changed[k]) if k in changed else FieldVerdict("accept")
+                    for k in machine
+                }
+            return self._record(
+                s, item, claim, user, decision, changed, reason, note, version, now, implicit
             )
-            s.add(review)
-            s.flush()
-            self._audit(
+
+    @retrying
+    def decide_fields(
+        self,
+        user: UserInfo,
+        item_id: int,
+        version: int,
+        verdicts: dict[str, FieldVerdict],
+        note: str | None = None,
+    ) -> DecisionResult:
+        """Record ``user``'s verdict per field of a leased item: ``accept``, ``fix`` (with
+        the corrected text) or ``reject`` (a reason code of the policy, an optional note).
+        Fields not named are accepted (a field whose text is empty cannot be). A ``fix``
+        whose text equals the machine's (ignoring surrounding whitespace) is an accept.
+        What the item becomes is :func:`workflows.review.outcome.field_outcome`'s rule:
+        accepted / edited, or with a rejected field ``regenerate`` or ``rejected`` by the
+        policy (``on_field_reject``, ``max_regenerations``, ``final_reject_reasons``).
+        """
+        if not verdicts:
+            raise Invalid("verdicts name no field; use the decisions accept, edit or reject")
+        for name, v in verdicts.items():
+            if name not in FIELDS and instance_key(name) is None:
+                raise Invalid(
+                    f"unknown field {name!r}; fields are {', '.join(FIELDS)} or "
+                    "short_prompt:<instance key> for a record with instances"
+                )
+            if v.verdict not in VERDICTS:
+                raise Invalid(f"{name}: verdict must be accept, fix or reject, not {v.verdict!r}")
+            for what, value in (("text", v.text), ("note", v.note)):
+                if value is not None:
+                    try:
+                        check_text(value, f"{name} {what}")
+                    except ValueError as e:
+                        raise Invalid(str(e)) from e
+            if v.verdict == "fix" and v.text is None:
+                raise Invalid(f"{name}: a fix carries the corrected text")
+            if v.verdict != "fix" and v.text is not None:
+                raise Invalid(f"{name}: only a fix carries text")
+            if v.verdict != "reject" and (v.reason is not None or v.note is not None):
+                raise Invalid(f"{name}: reason and note go with a reject")
+        if note is not None:
+            try:
+                check_text(note, "note")
+            except ValueError as e:
+                raise Invalid(str(e)) from e
+            note = note.strip() or None
+        now = self._now()
+        with self._write() as s:
+            item, claim = self._decidable(s, user, item_id, version, now)
+            policy = self._policy(s)
+            record = Record.model_validate_json(item.record_json)
+            unknown = unknown_fields(record, list(verdicts))
+            if unknown:
+                raise Invalid(
+                    f"item {item_id} has no field {', '.join(map(repr, unknown))}; its fields "
+                    f"are {', '.join(field_names(record))}"
+                )
+            machine = machine_texts(record)
+            full: dict[str, FieldVerdict] = {}
+            for name in machine:  # screen order
+                v = verdicts.get(name, FieldVerdict("accept"))
+                if v.verdict == "fix" and (v.text or "").strip() == machine[name].strip():
+                    v = FieldVerdict("accept")
+                if v.verdict == "fix":
+                    v = FieldVerdict("fix", (v.text or "").strip())
+                if v.verdict == "reject":
+                    if v.reason not in policy.reject_reasons:
+                        raise Invalid(
+                            f"{name}: a reject needs a reason code, one of "
+                            f"{', '.join(policy.reject_reasons)}"
+                        )
+                    v = FieldVerdict("reject", None, v.reason, (v.note or "").strip() or None)
+                final_text = v.text if v.verdict == "fix" else machine[name]
+                if v.verdict != "reject" and not (final_text or "").strip():
+                    raise Invalid(f"{name} is empty: write it (fix) or reject it")
+                full[name] = v
+            outcome = field_outcome(full, policy, _regeneration_counts(item))
+            notes = "; ".join(p for p in (note, outcome.note) if p) or None
+            return self._record(
                 s,
-                user.name,
-                "adjudicate" if claim.kind == "adjudication" else "review",
                 item,
-                before,
-                {"decision": decision, "edits": changed, "reason": review.reason, "note": note},
+                claim,
+                user,
+                outcome.decision,
+                outcome.edits,
+                outcome.reason,
+                notes,
+                version,
+                now,
+                full,
             )
-            if claim.kind == "adjudication":
-                self._finalize(s, item, decision, changed, review.reason, note, [user.name], now)
+
+    def _decidable(
+        self, s: Session, user: UserInfo, item_id: int, version: int, now: datetime
+    ) -> tuple[Item, Claim]:
+        """The locked item and the caller's lease on it, when a decision may be recorded."""
+        item = self._locked_item(s, item_id)
+        # The version first: "it changed since you loaded it" is what a stale page needs
+        # to hear, whatever happened to the lease meanwhile.
+        if item.version != version:
+            raise StaleVersion(
+                f"item {item_id} changed since you loaded it (version {version}, now "
+                f"{item.version}, {item.state}); your decision was not applied",
+                item.version,
+            )
+        claim = self._my_claim(s, item, user, now)
+        expected = "disputed" if claim.kind == "adjudication" else "pending"
+        if item.state != expected:
+            raise Conflict(f"item {item_id} is {item.state}, nothing to decide")
+        return item, claim
+
+    def _record(
+        self,
+        s: Session,
+        item: Item,
+        claim: Claim,
+        user: UserInfo,
+        decision: str,
+        changed: dict[str, str],
+        reason: str | None,
+        note: str | None,
+        version: int,
+        now: datetime,
+        verdicts: dict[str, FieldVerdict] | None,
+    ) -> DecisionResult:
+        """Store one review (and its field verdicts), close the lease, settle the item."""
+        policy = self._policy(s)
+        machine = machine_texts(Record.model_validate_json(item.record_json))
+        before = snapshot(item)
+        started = claim.claimed_at
+        claim.status, claim.closed_at = "completed", now
+        review = Review(
+            item_id=item.id,
+            user_id=user.id,
+            claim_id=claim.id,
+            kind=claim.kind,
+            decision=decision,
+            edits_json=dumps(changed),
+            reason=reason if decision == "reject" else None,
+            note=note,
+            version_seen=version,
+            seconds=max(0.0, (now - started).total_seconds()),
+            created_at=now,
+            revision=item.revision,
+        )
+        s.add(review)
+        s.flush()
+        if verdicts:
+            # One executemany instead of one ORM insert per field: the decide path's largest
+            # cost on SQLite (docs/benchmarks.md, "Offered load and workers").
+            s.execute(
+                insert(FieldVerdictRow),
+                [
+                    {
+                        "review_id": review.id,
+                        "item_id": item.id,
+                        "revision": item.revision,
+                        "field": name,
+                        "verdict": v.verdict,
+                        "machine_text": machine.get(name, ""),
+                        "text": v.text,
+                        "reason": v.reason,
+                        "note": v.note,
+                    }
+                    for name, v in verdicts.items()
+                ],
+            )
+        audited: dict[str, Any] = {
+            "decision": decision,
+            "edits": changed,
+            "reason": review.reason,
+            "note": note,
+        }
+        if verdicts and any(v.verdict == "reject" for v in verdicts.values()):
+            audited["verdicts"] = {
+                n: {"verdict": v.verdict, "reason": v.reason, "note": v.note}
+                for n, v in verdicts.items()
+                if v.verdict != "accept"
+            }
+        self._audit(
+            s,
+            user.name,
+            "adjudicate" if claim.kind == "adjudication" else "review",
+            item,
+            before,
+            audited,
+        )
+        if claim.kind == "adjudication":
+            outcome = self._verdict_outcome(s, item, policy, [review])
+            if outcome is not None and decision == "reject":
+                self._conclude(s, item, outcome, [user.name], now)
             else:
-                self._settle(s, item, machine, policy, now)
-            item.updated_at = now
-            return DecisionResult(
-                item_id=item.id,
-                clip_id=item.clip_id,
-                decision=decision,
-                state=item.state,
-                version=item.version,
-                final=item.state in FINAL_STATES,
-            )
+                self._finalize(s, item, decision, changed, review.reason, note, [user.name], now)
+        else:
+            self._settle(s, item, machine, policy, now)
+        item.updated_at = now
+        return DecisionResult(
+            item_id=item.id,
+            clip_id=item.clip_id,
+            decision=decision,
+            state=item.state,
+            version=item.version,
+            final=item.state in FINAL_STATES,
+        )
+
+    def _verdict_outcome(
+        self, s: Session, item: Item, policy: ReviewPolicy, reviews: list[Review]
+    ) -> Outcome | None:
+        """The outcome of rejecting reviews given per field (their rejected fields merged,
+        the first reviewer's verdict per field standing); None when any of them rejected
+        the whole record (a whole-record reject is final, as it always was)."""
+        merged: dict[str, FieldVerdict] = {}
+        machine = machine_texts(Record.model_validate_json(item.record_json))
+        for review in reviews:
+            rows = s.scalars(
+                select(FieldVerdictRow)
+                .where(FieldVerdictRow.review_id == review.id)
+                .order_by(FieldVerdictRow.id)
+            ).all()
+            if not any(r.verdict == "reject" for r in rows):
+                return None
+            for r in rows:
+                if r.verdict == "reject" and r.field not in merged:
+                    merged[r.field] = FieldVerdict("reject", None, r.reason, r.note)
+        ordered = {n: merged[n] for n in machine if n in merged}
+        return field_outcome(ordered, policy, _regeneration_counts(item))
+
+    def _conclude(
+        self, s: Session, item: Item, outcome: Outcome, by: list[str], now: datetime
+    ) -> None:
+        """A rejecting outcome: rejected for good, or waiting for regeneration."""
+        if outcome.state != "regenerate":
+            self._finalize(s, item, "reject", {}, outcome.reason, outcome.note, by, now)
+            return
+        before = snapshot(item)
+        item.state = "regenerate"
+        item.final_edits_json = dumps(outcome.edits)
+        item.final_reason, item.final_note = outcome.reason, outcome.note
+        item.final_by = ",".join(by)
+        item.decided_at = now
+        item.version += 1
+        self._audit(
+            s,
+            "system",
+            "regenerate",
+            item,
+            before,
+            {
+                **snapshot(item),
+                "revision": item.revision,
+                "fields": {
+                    n: {"reason": v.reason, "note": v.note} for n, v in outcome.rejected.items()
+                },
+            },
+        )
 
     def _settle(
         self, s: Session, item: Item, machine: dict[str, str], policy: ReviewPolicy, now: datetime
@@ -174,7 +391,11 @@ class DecisionsMixin(LeasesMixin):
         rows = s.execute(
             select(Review, User.name)
             .join(User, User.id == Review.user_id)
-            .where(Review.item_id == item.id, Review.kind == "review")
+            .where(
+                Review.item_id == item.id,
+                Review.kind == "review",
+                Review.revision == item.revision,
+            )
             .order_by(Review.id)
         ).all()
         if len(rows) < item.reviews_required:
@@ -182,6 +403,10 @@ class DecisionsMixin(LeasesMixin):
         names = [name for _, name in rows]
         decisions = [r.decision for r, _ in rows]
         if all(d == "reject" for d in decisions):
+            outcome = self._verdict_outcome(s, item, policy, [r for r, _ in rows])
+            if outcome is not None:
+                self._conclude(s, item, outcome, names, now)
+                return
             reasons = Counter(r.reason for r, _ in rows)
             reason = max(reasons, key=lambda k: (reasons[k], -decisions.index("reject")))
             notes = "; ".join(r.note for r, _ in rows if r.note) or None
@@ -225,3 +450,8 @@ class DecisionsMixin(LeasesMixin):
         item.decided_at = now
         item.version += 1
         self._audit(s, "system", "final", item, before, snapshot(item))
+
+
+def _regeneration_counts(item: Item) -> dict[str, int]:
+    """How many times each field of the item was regenerated so far."""
+    return {name: len(done) for name, done in json.loads(item.regenerations_json or "{}").items()}

@@ -19,13 +19,16 @@ from workflows.review._db import retrying
 from workflows.review._errors import Conflict, Forbidden, NotFound
 from workflows.review._types import (
     ClaimRow,
+    FieldVerdictInfo,
     ItemView,
+    Regeneration,
     ReviewInfo,
     RunBinding,
     UserInfo,
 )
 from workflows.review.models import (
     Claim,
+    FieldVerdictRow,
     Item,
     Review,
     User,
@@ -55,7 +58,11 @@ class LeasesMixin(StoreBase):
         if kind == "adjudication":
             return 1 - n_active
         done = s.scalar(
-            select(func.count(Review.id)).where(Review.item_id == item.id, Review.kind == "review")
+            select(func.count(Review.id)).where(
+                Review.item_id == item.id,
+                Review.kind == "review",
+                Review.revision == item.revision,
+            )
         )
         return item.reviews_required - (done or 0) - n_active
 
@@ -63,9 +70,10 @@ class LeasesMixin(StoreBase):
         reviews = s.execute(
             select(Review, User.name)
             .join(User, User.id == Review.user_id)
-            .where(Review.item_id == item.id)
+            .where(Review.item_id == item.id, Review.revision == item.revision)
             .order_by(Review.id)
         ).all()
+        verdicts = self._verdicts_of(s, [r.id for r, _ in reviews])
         infos = [
             ReviewInfo(
                 reviewer=name,
@@ -76,9 +84,30 @@ class LeasesMixin(StoreBase):
                 note=r.note,
                 at=r.created_at,
                 seconds=r.seconds,
+                revision=r.revision,
+                verdicts=verdicts.get(r.id, {}),
             )
             for r, name in reviews
         ]
+        regenerated: dict[str, Regeneration] = {}
+        carried: dict[str, str] = {}
+        if item.revision > 1:
+            for name, done in json.loads(item.regenerations_json or "{}").items():
+                last = done[-1] if done else None
+                if last is not None and last["revision"] == item.revision - 1:
+                    regenerated[name] = Regeneration(
+                        name, last["revision"], last["reason"], last["note"], last["rejected_text"]
+                    )
+            for row in s.scalars(
+                select(FieldVerdictRow)
+                .where(
+                    FieldVerdictRow.item_id == item.id,
+                    FieldVerdictRow.revision == item.revision - 1,
+                    FieldVerdictRow.verdict == "fix",
+                )
+                .order_by(FieldVerdictRow.id)
+            ):
+                carried.setdefault(row.field, row.text or "")
         return ItemView(
             id=item.id,
             clip_id=item.clip_id,
@@ -94,7 +123,25 @@ class LeasesMixin(StoreBase):
             lease_expires_at=claim.expires_at if claim is not None else None,
             # Independent reviewers must not see each other; adjudicators must see everyone.
             prior_reviews=infos if item.state != "pending" else [],
+            revision=item.revision,
+            regenerated=regenerated,
+            carried_edits=carried,
         )
+
+    @staticmethod
+    def _verdicts_of(s: Session, review_ids: list[int]) -> dict[int, dict[str, FieldVerdictInfo]]:
+        out: dict[int, dict[str, FieldVerdictInfo]] = {}
+        if not review_ids:
+            return out
+        for row in s.scalars(
+            select(FieldVerdictRow)
+            .where(FieldVerdictRow.review_id.in_(review_ids))
+            .order_by(FieldVerdictRow.id)
+        ):
+            out.setdefault(row.review_id, {})[row.field] = FieldVerdictInfo(
+                row.verdict, row.machine_text, row.text, row.reason, row.note
+            )
+        return out
 
     def _sweep_expired(self) -> None:
         """Mark lapsed leases expired (they already stopped counting when they lapsed)."""
@@ -155,8 +202,11 @@ class LeasesMixin(StoreBase):
                 claim.expires_at = now + ttl
                 return self._view(s, item, claim)
             states = ["pending", "disputed"] if user.has("reviewer") else ["pending"]
+            # a regenerated item is a new text: its earlier reviewers may review it again
             mine_reviewed = select(Review.id).where(
-                Review.item_id == Item.id, Review.user_id == user.id
+                Review.item_id == Item.id,
+                Review.user_id == user.id,
+                Review.revision == Item.revision,
             )
             conditions = [
                 Item.run_key == run.run_key,
@@ -181,7 +231,11 @@ class LeasesMixin(StoreBase):
             )
             done = (
                 select(func.count(Review.id))
-                .where(Review.item_id == Item.id, Review.kind == "review")
+                .where(
+                    Review.item_id == Item.id,
+                    Review.kind == "review",
+                    Review.revision == Item.revision,
+                )
                 .scalar_subquery()
             )
             conditions.append(

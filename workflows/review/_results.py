@@ -13,11 +13,14 @@ from workflows.review._base import StoreBase
 from workflows.review._types import (
     AuditRow,
     ClipReview,
+    FieldVerdictInfo,
+    Regeneration,
     ReviewInfo,
 )
 from workflows.review.models import (
     FINAL_STATES,
     AuditEntry,
+    FieldVerdictRow,
     Item,
     Review,
     User,
@@ -66,8 +69,21 @@ class ResultsMixin(StoreBase):
                     Item.created_at,
                     Item.decided_at,
                     Item.hold_reason,
+                    Item.revision,
+                    Item.regenerations_json,
                 ).where(Item.run_key == run.run_key)
             ).all()
+            verdict_rows = s.execute(
+                select(FieldVerdictRow)
+                .join(Item, Item.id == FieldVerdictRow.item_id)
+                .where(Item.run_key == run.run_key)
+                .order_by(FieldVerdictRow.id)
+            ).scalars()
+            verdicts: dict[int, dict[str, FieldVerdictInfo]] = defaultdict(dict)
+            for v in verdict_rows:
+                verdicts[v.review_id][v.field] = FieldVerdictInfo(
+                    v.verdict, v.machine_text, v.text, v.reason, v.note
+                )
             reviews: dict[int, list[ReviewInfo]] = defaultdict(list)
             for r, name in s.execute(
                 select(Review, User.name)
@@ -86,6 +102,8 @@ class ResultsMixin(StoreBase):
                         r.note,
                         r.created_at,
                         r.seconds,
+                        r.revision,
+                        verdicts.get(r.id, {}),
                     )
                 )
         out: dict[str, ClipReview] = {}
@@ -105,6 +123,12 @@ class ResultsMixin(StoreBase):
                 decided_at=row.decided_at,
                 reviews=mine,
                 hold_reason=row.hold_reason,
+                revision=row.revision,
+                regenerations=[
+                    Regeneration(name, d["revision"], d["reason"], d["note"], d["rejected_text"])
+                    for name, done in json.loads(row.regenerations_json or "{}").items()
+                    for d in done
+                ],
             )
         return out
 

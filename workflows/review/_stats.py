@@ -14,7 +14,9 @@ from sqlalchemy import func, select
 from schemas import Record
 from workflows.review._base import StoreBase
 from workflows.review.models import (
+    ITEM_STATES,
     Claim,
+    FieldVerdictRow,
     Item,
     Review,
     User,
@@ -35,9 +37,7 @@ class StatsMixin(StoreBase):
     def queue_counts(self) -> dict[str, int]:
         """Items of the run per state."""
         run = self._bound()
-        counts = dict.fromkeys(
-            ("pending", "disputed", "held_back", "accepted", "rejected", "edited"), 0
-        )
+        counts = dict.fromkeys(ITEM_STATES, 0)
         with self._read() as s:
             for state, n in s.execute(
                 select(Item.state, func.count(Item.id))
@@ -91,6 +91,22 @@ class StatsMixin(StoreBase):
                 if r.kind == "review":
                     by_item[r.item_id].append(r)
             overlap_ids = [i for i, rs in by_item.items() if len(rs) >= 2]
+            verdict_rows = s.execute(
+                select(
+                    FieldVerdictRow.review_id,
+                    FieldVerdictRow.field,
+                    FieldVerdictRow.verdict,
+                    FieldVerdictRow.reason,
+                )
+                .join(Item, Item.id == FieldVerdictRow.item_id)
+                .where(Item.run_key == run.run_key)
+                .order_by(FieldVerdictRow.id)
+            ).all()
+            regenerated = s.execute(
+                select(Item.revision, Item.regenerations_json).where(
+                    Item.run_key == run.run_key, Item.revision > 1
+                )
+            ).all()
             machine = (
                 {
                     item_id: machine_texts(Record.model_validate_json(raw))
@@ -101,7 +117,7 @@ class StatsMixin(StoreBase):
                 if overlap_ids
                 else {}
             )
-        states = ("pending", "disputed", "held_back", "accepted", "rejected", "edited")
+        states = ITEM_STATES
         queue: dict[str, dict[str, int]] = {"all": dict.fromkeys(states, 0)}
         for _, state, conds in items:
             queue["all"][state] += 1
@@ -176,6 +192,22 @@ class StatsMixin(StoreBase):
             "edit_rate_per_instance": edit_rate_instances,
             "annotators": dict(sorted(people.items())),
             "agreement": _agreement({i: by_item[i] for i in overlap_ids}, machine),
+            "field_verdicts": _field_verdicts(verdict_rows),
+            "field_agreement": _field_agreement({i: by_item[i] for i in overlap_ids}, verdict_rows),
+            "regeneration": {
+                "waiting": queue["all"].get("regenerate", 0),
+                "items_regenerated": len(regenerated),
+                "fields_regenerated": dict(
+                    sorted(
+                        Counter(
+                            PROMPT if is_prompt(name) else name
+                            for _, raw in regenerated
+                            for name, done in json.loads(raw).items()
+                            for _ in done
+                        ).items()
+                    )
+                ),
+            },
         }
 
 
@@ -220,4 +252,50 @@ def _agreement(
         "decision_agreement": round(agree, 4),
         "kappa": kappa,
         "components": components,
+    }
+
+
+def _bucket(name: str) -> str:
+    return PROMPT if is_prompt(name) else name
+
+
+def _field_verdicts(rows: Any) -> dict[str, dict[str, Any]]:
+    """Per field (the six components and one ``short_prompt`` bucket for every prompt):
+    how many verdicts accepted, fixed and rejected it, and the reject reasons. Whole-record
+    accepts and edits count as their fields' verdicts (accept; fix where text changed);
+    whole-record rejects have none."""
+    out: dict[str, dict[str, Any]] = {
+        name: {"accept": 0, "fix": 0, "reject": 0, "reasons": {}} for name in FIELDS
+    }
+    for _, name, verdict, reason in rows:
+        entry = out[_bucket(name)]
+        entry[verdict] += 1
+        if verdict == "reject" and reason:
+            entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
+    for entry in out.values():
+        total = entry["accept"] + entry["fix"] + entry["reject"]
+        entry["total"] = total
+        entry["reject_rate"] = round(entry["reject"] / total, 4) if total else None
+    return out
+
+
+def _field_agreement(by_item: dict[int, list[Review]], rows: Any) -> dict[str, dict[str, Any]]:
+    """Over overlap items whose first two reviews both carry field verdicts: per field, the
+    share of pairs giving the same verdict (accept / fix / reject)."""
+    per_review: dict[int, dict[str, str]] = defaultdict(dict)
+    for review_id, name, verdict, _ in rows:
+        per_review[review_id][name] = verdict
+    same: dict[str, list[bool]] = {name: [] for name in FIELDS}
+    for reviews in by_item.values():
+        a, b = per_review.get(reviews[0].id), per_review.get(reviews[1].id)
+        if not a or not b:
+            continue
+        for name in a.keys() & b.keys():
+            same[_bucket(name)].append(a[name] == b[name])
+    return {
+        name: {
+            "pairs": len(v),
+            "same_verdict": round(sum(v) / len(v), 4) if v else None,
+        }
+        for name, v in same.items()
     }

@@ -58,6 +58,31 @@ class ReviewInfo:
     note: str | None
     at: datetime
     seconds: float
+    revision: int = 1
+    # per-field verdicts, when the review was given per field
+    verdicts: dict[str, FieldVerdictInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FieldVerdictInfo:
+    """One field's verdict as stored: ``machine_text`` is the text it was given on."""
+
+    verdict: str
+    machine_text: str
+    text: str | None
+    reason: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class Regeneration:
+    """One regeneration of a field: the revision whose text was rejected, why, and that text."""
+
+    field: str
+    revision: int
+    reason: str | None
+    note: str | None
+    rejected_text: str
 
 
 @dataclass
@@ -77,10 +102,29 @@ class ItemView:
     claim_kind: str | None = None
     lease_expires_at: datetime | None = None
     prior_reviews: list[ReviewInfo] = field(default_factory=list)
+    revision: int = 1
+    # what made this revision: the fields regenerated from the previous one, and why
+    regenerated: dict[str, Regeneration] = field(default_factory=dict)
+    # the previous revision's fixed fields, carried into this one's page as a starting point
+    carried_edits: dict[str, str] = field(default_factory=dict)
 
     @property
     def machine(self) -> dict[str, str]:
         return machine_texts(self.record)
+
+
+@dataclass(frozen=True)
+class RegenerationTask:
+    """An item whose rejected fields wait for new text: ``rejected`` maps each field to its
+    verdict (reason, note) and ``machine_text`` is the rejected text."""
+
+    item_id: int
+    clip_id: str
+    version: int
+    revision: int
+    record: Record
+    rejected: dict[str, FieldVerdictInfo]
+    regenerations: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -149,6 +193,8 @@ class ClipReview:
     decided_at: datetime | None
     reviews: list[ReviewInfo]
     hold_reason: str | None
+    revision: int = 1
+    regenerations: list[Regeneration] = field(default_factory=list)
 
     def review_state(self) -> ReviewState:
         """As the record schema's :class:`schemas.ReviewState` (held back maps to pending)."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workflows.review.deps import (
     MAX_ID,
@@ -19,6 +19,7 @@ from workflows.review.deps import (
     annotator_api,
     reviewer_api,
 )
+from workflows.review.outcome import FieldVerdict
 from workflows.review.store import ItemView, UserInfo
 from workflows.review.text import (
     FIELD_NAME_PATTERN,
@@ -42,14 +43,38 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class VerdictIn(_In):
+    verdict: Literal["accept", "fix", "reject"]
+    text: str | None = Field(
+        default=None, max_length=MAX_FIELD_CHARS, description="the corrected text (fix only)"
+    )
+    reason: str | None = Field(default=None, max_length=100, description="reject reason code")
+    note: str | None = Field(default=None, max_length=MAX_FIELD_CHARS, description="free text")
+
+
 class DecisionIn(_In):
-    decision: Literal["accept", "reject", "edit"]
+    decision: Literal["accept", "reject", "edit"] | None = Field(
+        default=None, description="the whole record's decision (or send verdicts instead)"
+    )
     version: int = Field(ge=1, le=MAX_ID, description="the item version you reviewed")
+    verdicts: dict[FieldName, VerdictIn] | None = Field(
+        default=None,
+        description="a verdict per field (accept / fix with text / reject with reason); "
+        "fields not named are accepted; the item's outcome follows from them",
+    )
     edits: dict[FieldName, Annotated[str, Field(max_length=MAX_FIELD_CHARS)]] = Field(
         default_factory=dict, description="new text per field (edit only)"
     )
     reason: str | None = Field(default=None, max_length=100, description="reject reason code")
     note: str | None = Field(default=None, max_length=MAX_FIELD_CHARS, description="free text")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DecisionIn:
+        if (self.decision is None) == (self.verdicts is None):
+            raise ValueError("send either decision (accept, reject, edit) or verdicts per field")
+        if self.verdicts is not None and (self.edits or self.reason is not None):
+            raise ValueError("with verdicts, fixes and reject reasons go in each field's verdict")
+        return self
 
 
 class LintIn(_In):
@@ -71,6 +96,14 @@ class MediaOut(BaseModel):
     url: str
 
 
+class VerdictOut(BaseModel):
+    verdict: str
+    machine_text: str
+    text: str | None
+    reason: str | None
+    note: str | None
+
+
 class ReviewOut(BaseModel):
     reviewer: str
     kind: str
@@ -79,6 +112,14 @@ class ReviewOut(BaseModel):
     reason: str | None
     note: str | None
     at: datetime
+    verdicts: dict[str, VerdictOut] = Field(default_factory=dict)
+
+
+class RegenerationOut(BaseModel):
+    from_revision: int
+    reason: str | None
+    note: str | None
+    rejected_text: str
 
 
 class DiffOut(BaseModel):
@@ -98,6 +139,15 @@ class ItemOut(BaseModel):
     id: int
     clip_id: str
     version: int
+    revision: int = Field(
+        description="1 as ingested; +1 each time rejected fields were regenerated"
+    )
+    regenerated: dict[str, RegenerationOut] = Field(
+        description="fields regenerated from the previous revision: why, and the rejected text"
+    )
+    carried_edits: dict[str, str] = Field(
+        description="the previous revision's fixes, a starting point for this one"
+    )
     state: str
     kind: str | None = Field(description="review or adjudication (your lease), None if not leased")
     lease_expires_at: datetime | None
@@ -168,6 +218,17 @@ def item_out(view: ItemView) -> ItemOut:
         id=view.id,
         clip_id=view.clip_id,
         version=view.version,
+        revision=view.revision,
+        regenerated={
+            name: RegenerationOut(
+                from_revision=r.revision,
+                reason=r.reason,
+                note=r.note,
+                rejected_text=r.rejected_text,
+            )
+            for name, r in view.regenerated.items()
+        },
+        carried_edits=view.carried_edits,
         state=view.state,
         kind=view.claim_kind,
         lease_expires_at=view.lease_expires_at,
@@ -214,6 +275,7 @@ def item_out(view: ItemView) -> ItemOut:
                 reason=r.reason,
                 note=r.note,
                 at=r.at,
+                verdicts={name: VerdictOut(**vars(v)) for name, v in r.verdicts.items()},
             )
             for r in view.prior_reviews
         ],
@@ -260,7 +322,21 @@ def api_item(item_id: ItemId, store: Store, user: UserInfo = annotator_api) -> I
 def api_decide(
     item_id: ItemId, body: DecisionIn, store: Store, user: UserInfo = annotator_api
 ) -> DecisionOut:
-    """Accept, reject (reason code + note) or edit (new text per field) a leased item."""
+    """Accept, reject (reason code + note) or edit (new text per field) a leased item; or
+    give a verdict per field (accept / fix / reject), from which its outcome follows."""
+    if body.verdicts is not None:
+        result = store.decide_fields(
+            user,
+            item_id,
+            body.version,
+            {
+                str(name): FieldVerdict(v.verdict, v.text, v.reason, v.note)
+                for name, v in body.verdicts.items()
+            },
+            note=body.note,
+        )
+        return DecisionOut(**result.__dict__)
+    assert body.decision is not None
     result = store.decide(
         user,
         item_id,

@@ -34,7 +34,17 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ITEM_STATES = ("pending", "disputed", "held_back", "accepted", "rejected", "edited")
+# ``regenerate``: rejected fields wait for new text (``any2cap captions regenerate``), then the
+# item is queued again as its next revision.
+ITEM_STATES = (
+    "pending",
+    "disputed",
+    "held_back",
+    "regenerate",
+    "accepted",
+    "rejected",
+    "edited",
+)
 FINAL_STATES = ("accepted", "rejected", "edited")
 CLAIM_STATES = ("active", "completed", "skipped", "released", "expired")
 ROLES = ("annotator", "reviewer", "admin")
@@ -109,6 +119,11 @@ class Item(Base):
     final_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
     final_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     final_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # 1 as ingested; +1 each time rejected fields are regenerated and the item is re-queued
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # {field: [{"revision": n, "reason": ..., "note": ..., "rejected_text": ...}, ...]}: each
+    # regeneration of a field, oldest first (its length is how often it was regenerated)
+    regenerations_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
 
 class User(Base):
@@ -161,6 +176,28 @@ class Review(Base):
     version_seen: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class FieldVerdictRow(Base):
+    """One field's verdict in a review given per field (accept / fix / reject)."""
+
+    __tablename__ = "field_verdicts"
+    __table_args__ = (
+        Index("ix_field_verdicts_item", "item_id"),
+        Index("ix_field_verdicts_review", "review_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    review_id: Mapped[int] = mapped_column(Integer, ForeignKey("reviews.id"))
+    item_id: Mapped[int] = mapped_column(Integer, ForeignKey("items.id"))
+    revision: Mapped[int] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(String(1100))
+    verdict: Mapped[str] = mapped_column(String(16))  # accept | fix | reject
+    machine_text: Mapped[str] = mapped_column(Text)  # the text the verdict was given on
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)  # a fix's text
+    reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ApiToken(Base):

@@ -29,6 +29,7 @@ from workflows.review.deps import (
     run_of,
     store_of,
 )
+from workflows.review.outcome import FieldVerdict
 from workflows.review.store import Invalid, ItemView, ReviewError, StaleVersion, Throttled, UserInfo
 from workflows.review.text import MAX_FIELD_CHARS
 from workflows.review.views import (
@@ -186,11 +187,15 @@ def screen(
     values: dict[str, str] | None = None,
     error: str | None = None,
     stale: bool = False,
+    verdicts: dict[str, FieldVerdict] | None = None,
 ) -> HTMLResponse:
     media = media_of(view.record)
     expected = "disputed" if view.claim_kind == "adjudication" else "pending"
     editable = view.claim_id is not None and view.state == expected
     policy = store_of(request).policy()
+    if values is None and editable and view.carried_edits:
+        # the previous revision's fixes are where this one's review starts
+        values = dict(view.carried_edits)
     fields = fields_of(view.record, view.machine, values)
     return render(
         request,
@@ -209,6 +214,8 @@ def screen(
         caption_source=caption_source(view.record),
         palette=palette_of(view.record),
         reasons=policy.reject_reasons,
+        verdicts=verdicts or {},
+        regenerated=view.regenerated,
         lease_ttl=policy.lease_ttl_s,
         editable=editable,
         error=error,
@@ -231,7 +238,8 @@ def review_item(
 async def review_decide(
     item_id: ItemId, request: Request, store: Store, user: UserInfo = annotator_page
 ) -> Response:
-    form = await request.form(max_files=0, max_fields=50, max_part_size=MAX_FIELD_CHARS * 4)
+    # per field: its text, and with per-field verdicts its verdict, reason and note
+    form = await request.form(max_files=0, max_fields=400, max_part_size=MAX_FIELD_CHARS * 4)
     data = {k: v for k, v in form.items() if isinstance(v, str)}
     check_csrf(request, data.get("csrf", ""))
     action = data.get("action", "")
@@ -241,6 +249,7 @@ async def review_decide(
         for key, value in data.items()
         if key.startswith("field_")
     }
+    verdicts = _form_verdicts(data, values)
     try:
         version = int(data.get("version", ""))
         if not 1 <= version <= MAX_ID:
@@ -251,7 +260,9 @@ async def review_decide(
     def decide() -> Response:
         try:
             view = store.item(user, item_id)
-            if action == "reject":
+            if action == "accept" and any(v.verdict == "reject" for v in verdicts.values()):
+                store.decide_fields(user, item_id, version, verdicts, note=data.get("note") or None)
+            elif action == "reject":
                 store.decide(
                     user,
                     item_id,
@@ -296,10 +307,37 @@ async def review_decide(
                 values=values,
                 error=str(e),
                 stale=isinstance(e, StaleVersion) or current.version != version,
+                verdicts=verdicts,
             )
         return _next(request, user)
 
     return await run_in_threadpool(decide)
+
+
+def _form_verdicts(data: dict[str, str], values: dict[str, str]) -> dict[str, FieldVerdict]:
+    """The per-field verdicts a form sent (``verdict_<field>``: accept / reject, with
+    ``reason_<field>`` and ``note_<field>``); a field without one is accepted, or fixed when
+    its text was changed (the store drops a fix equal to the machine text)."""
+    out: dict[str, FieldVerdict] = {}
+    for key, verdict in data.items():
+        if not key.startswith("verdict_") or not verdict:
+            continue
+        name = key.removeprefix("verdict_")
+        if verdict == "reject":
+            out[name] = FieldVerdict(
+                "reject",
+                None,
+                data.get(f"reason_{name}") or None,
+                data.get(f"note_{name}") or None,
+            )
+        elif verdict in ("accept", "fix"):
+            out[name] = FieldVerdict("accept")
+        else:
+            raise HTMLError(422, f"Unknown verdict for {name}: use accept, fix or reject.")
+    for name, value in values.items():
+        if name not in out or out[name].verdict != "reject":
+            out[name] = FieldVerdict("fix", value)
+    return out
 
 
 @router.post("/review/items/{item_id}/skip", include_in_schema=False)

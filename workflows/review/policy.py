@@ -19,7 +19,12 @@ DEFAULT_REJECT_REASONS = (
     "other",
 )
 
+# A record rejected for one of these is never sent back for a new caption: the clip itself,
+# not the text, is the problem.
+DEFAULT_FINAL_REJECT_REASONS = ("bad_clip", "unsafe")
+
 SkipPolicy = Literal["requeue_others", "requeue", "drop"]
+FieldRejectPolicy = Literal["regenerate", "reject"]
 
 
 class ReviewPolicy(BaseModel):
@@ -55,6 +60,24 @@ class ReviewPolicy(BaseModel):
     )
     lease_ttl_s: int = Field(default=600, ge=10, le=86400)
     reject_reasons: list[str] = Field(default_factory=lambda: list(DEFAULT_REJECT_REASONS))
+    on_field_reject: FieldRejectPolicy = Field(
+        default="regenerate",
+        description="what a rejected field (per-field verdicts) does to its item: regenerate "
+        "(sent back for a new text of the rejected fields: any2cap captions regenerate) or "
+        "reject (the item is rejected for good)",
+    )
+    max_regenerations: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="how many times one field may be regenerated; a field rejected again after "
+        "that many regenerations is dropped for good: its item is rejected",
+    )
+    final_reject_reasons: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FINAL_REJECT_REASONS),
+        description="reason codes that reject the item for good, never regenerated (the clip, "
+        "not the text, is the problem)",
+    )
     seed: str = "any2cap-review"
 
     @field_validator("sample")

@@ -36,6 +36,7 @@ from workflows.review._errors import (
 )
 from workflows.review._ingest import IngestMixin
 from workflows.review._leases import LeasesMixin
+from workflows.review._regenerate import RegenerateMixin
 from workflows.review._results import ResultsMixin
 from workflows.review._runs import (
     SQLITE_NAME,
@@ -95,6 +96,7 @@ class ReviewStore(
     LeasesMixin,
     ResultsMixin,
     StatsMixin,
+    RegenerateMixin,
 ):
     """Every operation of the human-verification queue, each in its own transaction."""
 

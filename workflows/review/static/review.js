@@ -233,6 +233,62 @@
     if (withLint) lint(field, field.dataset.field, value);
   }
 
+  // ---- per-field verdicts: accept / fix (edit the text) / reject (reason, note) ----
+  const verdictInputs = fields.map((f) => f.querySelector("[data-verdict]"));
+  const rejectBoxes = fields.map((f) => f.querySelector("[data-reject]"));
+  const rejectReasons = fields.map((f) => f.querySelector("[data-reject-reason]"));
+  const rejectNotes = fields.map((f) => f.querySelector("[data-reject-note]"));
+  // "accept" | "reject" | null (none given: accepted, or fixed when its text changed)
+  const explicit = verdictInputs.map((v) => (v && v.value === "reject" ? "reject" : null));
+  let cursor = null;
+
+  function verdictOf(i) {
+    if (explicit[i] === "reject") return "reject";
+    if (areas[i].value.trim() !== (areas[i].dataset.machine || "").trim()) return "fix";
+    return explicit[i];
+  }
+
+  function showVerdict(i) {
+    const v = verdictOf(i);
+    const f = fields[i];
+    f.classList.toggle("verdict-accept", v === "accept");
+    f.classList.toggle("verdict-reject", v === "reject");
+    const badge = f.querySelector("[data-verdict-badge]");
+    if (badge) {
+      badge.hidden = !v;
+      badge.textContent = { accept: "accepted", fix: "fixed", reject: "rejected" }[v] || "";
+      badge.className = `verdict-badge verdict-${v}`;
+    }
+    if (verdictInputs[i]) verdictInputs[i].value = explicit[i] || "";
+    if (rejectBoxes[i]) rejectBoxes[i].hidden = explicit[i] !== "reject";
+  }
+
+  function setCursor(i) {
+    if (!fields.length) return;
+    cursor = Math.min(Math.max(i, 0), fields.length - 1);
+    fields.forEach((f, k) => f.classList.toggle("current", k === cursor));
+    fields[cursor].scrollIntoView({ block: "nearest" });
+  }
+
+  function clearCursor() {
+    cursor = null;
+    fields.forEach((f) => f.classList.remove("current"));
+  }
+
+  function setVerdict(i, v) {
+    if (!editable) return;
+    explicit[i] = v;
+    showVerdict(i);
+    updateAcceptLabel();
+    saveDraft();
+  }
+
+  function verdictCounts() {
+    const n = { accept: 0, fix: 0, reject: 0 };
+    fields.forEach((_, i) => { n[verdictOf(i) || "accept"] += 1; });
+    return n;
+  }
+
   function changedCount() {
     return areas.filter((a) => a.value.trim() !== (a.dataset.machine || "").trim()).length;
   }
@@ -240,6 +296,11 @@
   function updateAcceptLabel() {
     const btn = document.getElementById("btn-accept");
     if (!btn) return;
+    if (explicit.some((v) => v !== null)) {
+      const c = verdictCounts();
+      btn.firstChild.textContent = `Submit: ${c.accept} accepted, ${c.fix} fixed, ${c.reject} rejected `;
+      return;
+    }
     const n = changedCount();
     btn.firstChild.textContent = n ? `Accept with ${n} edit${n > 1 ? "s" : ""} ` : "Accept ";
   }
@@ -247,7 +308,17 @@
   function saveDraft() {
     if (!editable) return;
     const draft = { fields: {}, note: note ? note.value : "", reason: reason ? reason.value : "" };
-    fields.forEach((f, i) => { draft.fields[f.dataset.field] = areas[i].value; });
+    draft.verdicts = {};
+    fields.forEach((f, i) => {
+      draft.fields[f.dataset.field] = areas[i].value;
+      if (explicit[i]) {
+        draft.verdicts[f.dataset.field] = {
+          verdict: explicit[i],
+          reason: rejectReasons[i] ? rejectReasons[i].value : "",
+          note: rejectNotes[i] ? rejectNotes[i].value : "",
+        };
+      }
+    });
     try { localStorage.setItem(draftKey, JSON.stringify(draft)); } catch (_) { /* storage full or disabled */ }
   }
 
@@ -261,6 +332,14 @@
       const v = draft.fields[f.dataset.field];
       if (typeof v === "string" && v !== areas[i].value) { areas[i].value = v; restored = true; }
     });
+    fields.forEach((f, i) => {
+      const v = draft.verdicts && draft.verdicts[f.dataset.field];
+      if (!v || (v.verdict !== "accept" && v.verdict !== "reject")) return;
+      explicit[i] = v.verdict;
+      if (rejectReasons[i] && v.reason) rejectReasons[i].value = v.reason;
+      if (rejectNotes[i] && v.note) rejectNotes[i].value = v.note;
+      restored = true;
+    });
     if (note && typeof draft.note === "string" && draft.note) { note.value = draft.note; restored = true; }
     if (reason && draft.reason) reason.value = draft.reason;
     const msg = document.getElementById("draft-note");
@@ -271,7 +350,25 @@
   fields.forEach((field, i) => {
     const area = areas[i];
     refresh(field, area, false);
-    area.addEventListener("input", () => { refresh(field, area, true); updateAcceptLabel(); saveDraft(); });
+    area.addEventListener("input", () => { refresh(field, area, true); showVerdict(i); updateAcceptLabel(); saveDraft(); });
+    showVerdict(i);
+    const rr = rejectReasons[i];
+    const rn = rejectNotes[i];
+    if (rr) {
+      rr.addEventListener("change", saveDraft);
+      rr.addEventListener("keydown", (e) => {
+        if (e.key === "Enter") { e.preventDefault(); if (rr.value && rn) rn.focus(); else say("Pick a reason for this field first."); }
+        if (e.key === "Escape") { e.preventDefault(); rr.blur(); }
+      });
+    }
+    if (rn) {
+      rn.addEventListener("input", saveDraft);
+      rn.addEventListener("keydown", (e) => {
+        // Enter ends the note (and must not submit the form): on to the next field
+        if (e.key === "Enter" && !e.ctrlKey && !e.metaKey) { e.preventDefault(); rn.blur(); setCursor(i + 1); }
+        if (e.key === "Escape") { e.preventDefault(); rn.blur(); }
+      });
+    }
     area.addEventListener("focus", () => { lastField = i; });
   });
   if (note) note.addEventListener("input", saveDraft);
@@ -306,6 +403,16 @@
         reason.focus();
         say("Pick a reject reason, then press R or Enter.");
         return;
+      }
+      if (action === "accept") {
+        const missing = fields.findIndex((_, i) => explicit[i] === "reject" && rejectReasons[i] && !rejectReasons[i].value);
+        if (missing >= 0) {
+          e.preventDefault();
+          setCursor(missing);
+          rejectReasons[missing].focus();
+          say(`Pick a reject reason for ${fields[missing].dataset.field}, then Enter.`);
+          return;
+        }
       }
       if (submitting) { e.preventDefault(); return; }
       submitting = true;
@@ -355,17 +462,40 @@
     if (e.key === "Escape") {
       if (help && !help.hidden) toggleHelp(false);
       else if (typing) document.activeElement.blur();
+      else if (cursor !== null) clearCursor();
       return;
     }
     if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     const actions = {
       "?": () => toggleHelp(),
-      a: () => click("btn-accept"),
+      // with a field selected (J / arrows), A E R give that field its verdict
+      a: () => {
+        if (cursor === null) { click("btn-accept"); return; }
+        setVerdict(cursor, "accept");
+        if (cursor < fields.length - 1) setCursor(cursor + 1);
+        else say("Every field has a verdict: Ctrl+Enter submits.");
+      },
+      e: () => {
+        const i = cursor !== null ? cursor : (lastField !== null ? lastField : 0);
+        if (explicit[i] === "reject") setVerdict(i, null);
+        if (cursor === null) setCursor(i);
+        focusField(i + 1);
+      },
       r: () => {
+        if (cursor !== null) {
+          setVerdict(cursor, "reject");
+          const rr = rejectReasons[cursor];
+          if (rr) rr.focus();
+          say("Pick a reason (type its first letters), Enter, then a note (optional), Enter.");
+          return;
+        }
         if (reason && !reason.value) { reason.focus(); say("Pick a reject reason, then press R or Enter."); }
         else click("btn-reject");
       },
+      j: () => setCursor(cursor === null ? 0 : cursor + 1),
+      ArrowDown: () => setCursor(cursor === null ? 0 : cursor + 1),
+      ArrowUp: () => setCursor(cursor === null ? 0 : cursor - 1),
       s: () => click("btn-skip"),
       n: () => { if (!click("btn-next")) say("Decide or skip this item first (A, R, S)."); },
       u: undoField,
