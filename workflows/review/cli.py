@@ -103,12 +103,27 @@ def serve(
             help="refuse request bodies over this many MiB (413)",
         ),
     ] = 8.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="server processes sharing the port, each with its own connections to the "
+            "store (PostgreSQL, or the SQLite file in WAL mode); leases stay exclusive, and "
+            "sessions and login throttling are in the store, so any worker serves any request",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the review app for RUN_DIR (ingests new records first)."""
-    import uvicorn
+    from workflows.review.app import MB
+    from workflows.review.server import ServeConfig, shareable
+    from workflows.review.server import serve as serve_app
 
-    from workflows.review.app import MB, create_app
-
+    why_not = shareable(db) if workers > 1 and db is not None else None
+    if why_not is not None:
+        err.print(f"[red]error:[/red] --workers {workers}: {why_not}")
+        raise typer.Exit(2)
     store = _open(run, db, policy)
     if ingest:
         _print_ingest(store.ingest())
@@ -117,14 +132,15 @@ def serve(
             "[yellow]no users yet:[/yellow] add one with "
             f"`any2cap review users add NAME --role admin --run {run}`"
         )
-    err.print(f"review app on http://{host}:{port}/ (store: {store.engine.url.render_as_string()})")
-    uvicorn.run(
-        create_app(store, secure_cookies=secure_cookies, max_body_bytes=int(max_body_mb * MB)),
-        host=host,
-        port=port,
-        log_level="warning",
-        proxy_headers=False,
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    err.print(
+        f"review app on http://{host}:{port}/ "
+        f"(store: {store.engine.url.render_as_string()}{processes})"
     )
+    config = ServeConfig(
+        run=run, db=db, secure_cookies=secure_cookies, max_body_bytes=int(max_body_mb * MB)
+    )
+    serve_app(config, host=host, port=port, workers=workers, store=store)
 
 
 @review_app.command("ingest")
