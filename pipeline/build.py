@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.curation import parse_rules, rule_key, would_drop
 from pipeline.engine import EXECUTORS, dedup_plan
 from pipeline.fit import ResourceFit, fit_to_ray
-from pipeline.progress import ProgressTracker, ProgressView, Ticker
+from pipeline.progress import PROBE, ProgressTracker, ProgressView, Ticker
 from pipeline.recipe import ResolvedRecipe
+from pipeline.resume import ResumePlan, plan_resume
 from pipeline.rundir import RunDir, RunInfo
 from pipeline.sources import SourceItem
 from pipeline.storage import new_run_id
@@ -153,6 +156,17 @@ def run_build(
         return report
 
 
+def _report_finished(
+    progress: ProgressTracker, plan: ResumePlan, finished: list[dict[str, Any]], stages: list[str]
+) -> None:
+    """Count the sources and clips the resume index settled as the engine would have."""
+    progress.add(PROBE, {"done": plan.finished_sources, "rows": len(finished), "failed": 0})
+    for stage in stages:
+        n = sum(1 for row in finished if stage in json.loads(row["skipped"]))
+        if n:
+            progress.add(stage, {"done": n, "skipped": n})
+
+
 def _run_locked(
     resolved: ResolvedRecipe,
     sources: list[SourceItem],
@@ -193,15 +207,24 @@ def _run_locked(
     turned_away: dict[str, Counter[str]] = defaultdict(Counter)
     no_instances = 0
     warnings: dict[str, None] = {}  # ordered set: one warning per source, not per clip
-    rows = EXECUTORS[executor](
-        resolved,
-        [s.to_row() for s in sources],
-        run_dir.root,
-        artifacts_root,
-        run_id,
-        limit,
-        progress=progress,
+    # Fold the logs earlier builds left (this also migrates one-marker-per-clip run
+    # directories), then split off the sources whose every clip is already done.
+    run_dir.compact()
+    plan = plan_resume(
+        resolved, [s.to_row() for s in sources], run_dir, whole_clips=dedup_plan(resolved) is None
     )
+    finished = plan.finished_rows if limit is None else plan.finished_rows[:limit]
+    left = None if limit is None else limit - len(finished)
+    if progress is not None:
+        _report_finished(progress, plan, finished, stage_names)
+    rows: Iterator[dict[str, Any]] = iter(finished)
+    if plan.todo and (left is None or left > 0):
+        rows = itertools.chain(
+            rows,
+            EXECUTORS[executor](
+                resolved, plan.todo, run_dir.root, artifacts_root, run_id, left, progress=progress
+            ),
+        )
     for row in rows:
         if row["failure"]:
             failed += 1
@@ -290,6 +313,7 @@ def _run_locked(
         resource_fit=fit.report() if fit is not None else {},
     )
     run_dir.save_report(report.model_dump(mode="json"))
+    run_dir.compact()  # so that the next build reads a handful of parts
     info.runs[-1].update(
         {"finished_at": report.finished_at, "ok": ok, "failed": failed, "filtered": len(filtered)}
     )

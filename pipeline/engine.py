@@ -1,9 +1,14 @@
 """The Ray Data build: sources -> probe + spans -> one actor pool per stage -> records.
 
-Rows travel between operators as small JSON strings (the record so far, or a failure);
-frames are decoded inside each stage's actor and payloads go to the artifact store, so the
-object store only ever carries text. Every stage checks its marker first (resume) and turns
-anything a clip raises into a failure row that flows on to the end of the pipeline.
+(The stage actor and the row form are in pipeline/stage.py, the resume index in
+pipeline/resume.py.)
+
+Rows travel between operators as small strings (the failure, the summary) and the record so
+far as JSON: a stage parses it once, validates only the fields it writes
+(:func:`apply_output`) and dumps it once for the next operator. Frames are decoded inside each stage's actor and
+payloads go to the artifact store, so the object store carries no pixels. Every stage checks
+its stage's marker log first (resume) and turns anything a clip raises into a failure row
+that flows on to the end of the pipeline.
 """
 
 from __future__ import annotations
@@ -12,73 +17,34 @@ import functools
 import json
 import logging
 import os
-import socket
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
 import pyarrow as pa
 
-from annotators import PROVENANCE_KEY, ClipInput
 from pipeline.curation import DedupConfig
 from pipeline.dedup import DedupKey, dedup_run
+from pipeline.fetch import cache_dir, cleanup, fetched
 from pipeline.progress import PROBE, ProgressTracker, RayProgress, Reporter, safe_report
-from pipeline.recipe import ResolvedRecipe, SpanConfig, StageSpec
-from pipeline.rundir import RunDir, StageMarker
+from pipeline.recipe import ResolvedRecipe, SpanConfig
+from pipeline.resume import build_signature, done_entry, stat_source
+from pipeline.resume import source_key as make_source_key
+from pipeline.rundir import RunDir
 from pipeline.sources import BadManifestRow
 from pipeline.spans import clamp_warning, make_spans
-from pipeline.storage import ArtifactStore
-from pipeline.video import VideoInfo, local_video, probe_video, sample_frames
+from pipeline.stage import ROW_SCHEMA, StageActor, dump_record, failure_row, load_record
+from pipeline.stage import apply_output as apply_output  # where callers have imported it
+from pipeline.video import VideoInfo, probe_video
 from schemas import (
     ClipRef,
     Failure,
     FilterDecision,
     Provenance,
     Record,
-    StageProvenance,
     make_clip_id,
-    utc_now,
 )
-
-ROW_SCHEMA = pa.schema(
-    [
-        ("source_uri", pa.string()),
-        ("clip_id", pa.string()),
-        ("probe", pa.string()),  # VideoInfo as JSON
-        ("record", pa.string()),  # Record as JSON, "" once failed
-        ("failure", pa.string()),  # Failure as JSON, "" while ok
-        ("stage_seconds", pa.string()),  # {stage: seconds} spent in this invocation
-        ("skipped", pa.string()),  # [stage, ...] resumed from markers
-        ("dataset", pa.string()),  # what the finished record adds to the dataset (JSON)
-        ("warnings", pa.string()),  # [message, ...] about the source (a clamped span end)
-        ("filtered", pa.string()),  # FilterDecision as JSON once a curation rule dropped it
-    ]
-)
-
-
-def _failure_row(source_uri: str, clip_id: str, stage: str, exc: BaseException) -> dict[str, str]:
-    error_type = getattr(exc, "error_type", None) or type(exc).__name__
-    failure = Failure(
-        clip_id=clip_id,
-        source_uri=source_uri,
-        stage=stage,
-        error_type=str(error_type),
-        message=str(exc) or repr(exc),
-    )
-    return {
-        "source_uri": source_uri,
-        "clip_id": clip_id,
-        "probe": "",
-        "record": "",
-        "failure": failure.model_dump_json(),
-        "stage_seconds": "{}",
-        "skipped": "[]",
-        "dataset": "",
-        "warnings": "[]",
-        "filtered": "",
-    }
 
 
 def probe_source(
@@ -89,8 +55,13 @@ def probe_source(
     recipe_hash: str,
     run_id: str,
     stages_left_out: dict[str, str] | None = None,
-) -> list[dict[str, str]]:
-    """One source -> a row per clip span, or a single failure row for the source."""
+    fetch_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """One source -> a row per clip span, or a single failure row for the source.
+
+    An item with a ``probe_cache`` entry (pipeline/resume.py) is not probed again; one with
+    a ``source_key`` has its probe added to the cache, and its remote file fetched into
+    ``fetch_dir`` for the stages to reuse."""
     uri = str(item["source_uri"])
     start = None if item["start_s"] < 0 else float(item["start_s"])
     end = None if item["end_s"] < 0 else float(item["end_s"])
@@ -100,18 +71,32 @@ def probe_source(
         else (make_clip_id(uri, None, None))
     )
     if item.get("problem"):  # a manifest row rejected when the sources were listed
-        return [_failure_row(uri, source_id, "probe", BadManifestRow(str(item["problem"])))]
+        return [failure_row(uri, source_id, "probe", BadManifestRow(str(item["problem"])))]
     config = SpanConfig.model_validate(spans)
-    try:
-        with local_video(uri) as path:
-            info = probe_video(path, uri)
-            span_list = make_spans(info, path, config, start, end)
-    except Exception as e:  # noqa: BLE001 - VideoError or not, it is this source's failure
-        return [_failure_row(uri, source_id, "probe", e)]
+    key = str(item.get("source_key") or "")
+    cached = item.get("probe_cache")
+    run_dir = RunDir(run_root)
+    if cached:
+        entry = json.loads(str(cached))
+        info = VideoInfo(**entry["info"])
+        span_list = [(float(a), float(b)) for a, b in entry["spans"]]
+    else:
+        if "source_key" not in item:  # not planned by pipeline/resume.py: key it here
+            stat = stat_source(uri)
+            key = make_source_key(item, spans, stat) if stat else ""
+        try:
+            with fetched(uri, key, fetch_dir) as path:
+                info = probe_video(path, uri)
+                span_list = make_spans(info, path, config, start, end)
+        except Exception as e:  # noqa: BLE001 - VideoError or not, it is this source's failure
+            return [failure_row(uri, source_id, "probe", e)]
+        # A source that failed before may have a failure row keyed by the whole source.
+        run_dir.clear_failure(source_id)
+        if key:
+            entry = {"info": asdict(info), "spans": [list(s) for s in span_list]}
+            run_dir.probe_log().append({key: json.dumps(entry)})
     warning = clamp_warning(info, end)
     warnings = json.dumps([warning] if warning else [])
-    # A source that failed before may have a failure row keyed by the whole source.
-    RunDir(run_root).clear_failure(source_id)
     rows = []
     for span_start, span_end in span_list:
         clip = ClipRef(
@@ -141,224 +126,17 @@ def probe_source(
                 "source_uri": uri,
                 "clip_id": clip.clip_id,
                 "probe": json.dumps(asdict(info)),
-                "record": record.model_dump_json(),
+                "record": dump_record(record),
                 "failure": "",
                 "stage_seconds": "{}",
                 "skipped": "[]",
                 "dataset": "",
                 "warnings": warnings,
                 "filtered": "",
+                "source_key": key,
             }
         )
     return rows
-
-
-def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if target.get(part) is None:
-            target[part] = {}
-        target = target[part]
-    target[leaf] = value
-
-
-def apply_output(record: Record, output: dict[str, Any], provenance: StageProvenance) -> Record:
-    """A new record with a stage's output fields set and its provenance entry replaced."""
-    data = record.model_dump(mode="json")
-    for key, value in output.items():
-        if key == "scores" and isinstance(value, dict):
-            # several stages write scores: each adds its own names, none erases another's
-            value = {**data.get("scores", {}), **value}
-        _set_path(data, key, value)
-    stages = [s for s in data["provenance"]["stages"] if s["stage"] != provenance.stage]
-    stages.append(provenance.model_dump(mode="json"))
-    data["provenance"]["stages"] = stages
-    return Record.model_validate(data)
-
-
-class StageActor:
-    """One actor of a stage's pool: builds the annotator once, then serves batches."""
-
-    def __init__(
-        self,
-        spec: StageSpec,
-        run_root: str,
-        artifacts_root: str,
-        run_id: str,
-        readers: list[str],
-        progress: Reporter | None = None,
-    ) -> None:
-        self.spec = spec
-        self.progress = progress  # gets this stage's counts after every batch
-        self.annotator = spec.build()
-        self.run_dir = RunDir(run_root)
-        self.artifacts = ArtifactStore(artifacts_root)
-        self.run_id = run_id
-        self.readers = tuple(readers)
-        self._readers_used: dict[int, str] = {}  # row index -> reader, in this batch
-        self.node = socket.gethostname()
-        import ray
-
-        if ray.is_initialized():  # in the plain loop the host name will do
-            self.node = ray.get_runtime_context().get_node_id()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        return pa.Table.from_pylist(self.process(rows), schema=ROW_SCHEMA)
-
-    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        live = [i for i, row in enumerate(rows) if not (row["failure"] or row.get("filtered"))]
-        resumed = self._process(rows, live)
-        if self.progress is not None:
-            safe_report(
-                self.progress,
-                self.spec.name,
-                {
-                    "done": len(live),
-                    "failed": sum(1 for i in live if rows[i]["failure"]),
-                    "filtered": sum(
-                        1 for i in live if not rows[i]["failure"] and rows[i].get("filtered")
-                    ),
-                    "skipped": resumed,
-                },
-            )
-        return rows
-
-    def _process(self, rows: list[dict[str, Any]], live: list[int]) -> int:
-        """Run (or resume) the live rows in place; returns how many came from markers."""
-        spec = self.spec
-        pending: list[tuple[int, ClipInput, float]] = []
-        self._readers_used = {}
-        resumed_count = 0
-        for i in live:
-            row = rows[i]
-            record = Record.model_validate_json(row["record"])
-            marker = self.run_dir.load_marker(spec.name, record.clip_id)
-            if marker is not None and marker.config_hash == spec.config_hash:
-                resumed_count += 1
-                resumed = apply_output(record, marker.output, marker.provenance)
-                row["record"] = resumed.model_dump_json()
-                row["skipped"] = json.dumps([*json.loads(row["skipped"]), spec.name])
-                self._apply_filters(row, resumed)
-                continue
-            started = time.perf_counter()
-            try:
-                info = VideoInfo(**json.loads(row["probe"]))
-                with local_video(record.clip.source_uri) as path:
-                    sampled = sample_frames(
-                        path,
-                        info,
-                        record.clip.start_s,
-                        record.clip.end_s,
-                        spec.sampling,
-                        self.readers,
-                    )
-            except Exception as e:  # noqa: BLE001 - every decode error is this clip's failure
-                rows[i] = _failure_row(row["source_uri"], record.clip_id, spec.name, e)
-                continue
-            clip_input = ClipInput(
-                clip=record.clip,
-                frames=sampled.frames,
-                timestamps_s=list(sampled.timestamps_s),
-                record=record,
-                artifacts=self.artifacts.sink(record.clip_id, spec.name),
-            )
-            pending.append((i, clip_input, time.perf_counter() - started))
-            self._readers_used[i] = sampled.reader
-        if pending:
-            self._annotate(rows, pending)
-        return resumed_count
-
-    def _call_annotator(self, inputs: list[ClipInput]) -> list[dict[str, Any] | BaseException]:
-        outputs = self.annotator(inputs)
-        if len(outputs) != len(inputs):
-            raise RuntimeError(
-                f"annotator {self.spec.name} returned {len(outputs)} outputs for {len(inputs)} clips"
-            )
-        return outputs
-
-    def _annotate(
-        self, rows: list[dict[str, Any]], pending: list[tuple[int, ClipInput, float]]
-    ) -> None:
-        spec = self.spec
-        started = time.perf_counter()
-        try:
-            outputs = self._call_annotator([p[1] for p in pending])
-            shared = (time.perf_counter() - started) / len(pending)
-            results = [(p, out, p[2] + shared) for p, out in zip(pending, outputs, strict=True)]
-        except Exception:  # noqa: BLE001 - isolate the bad clip by retrying one at a time
-            results = []
-            for p in pending:
-                one_start = time.perf_counter()
-                try:
-                    out: dict[str, Any] | BaseException = self._call_annotator([p[1]])[0]
-                except Exception as e:  # noqa: BLE001
-                    out = e
-                results.append((p, out, p[2] + time.perf_counter() - one_start))
-        for (i, clip_input, _), out, seconds in results:
-            row = rows[i]
-            record = clip_input.record
-            if isinstance(out, BaseException):
-                rows[i] = _failure_row(row["source_uri"], record.clip_id, spec.name, out)
-                continue
-            try:
-                out = dict(out)
-                details = {str(k): str(v) for k, v in (out.pop(PROVENANCE_KEY, None) or {}).items()}
-                # which reader decoded the frames (decord, or PyAV where decord cannot)
-                details.setdefault("reader", self._readers_used.get(i, ""))
-                unknown = set(out) - set(self.annotator.writes)
-                if unknown:
-                    raise RuntimeError(
-                        f"annotator {spec.name} wrote {sorted(unknown)}, "
-                        f"declared {list(self.annotator.writes)}"
-                    )
-                output = {
-                    k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
-                    for k, v in out.items()
-                }
-                provenance = StageProvenance(
-                    stage=spec.name,
-                    annotator_version=self.annotator.version,
-                    config_hash=spec.config_hash,
-                    run_id=self.run_id,
-                    seconds=round(seconds, 4),
-                    finished_at=utc_now(),
-                    models=self.annotator.models(),
-                    prompt_hashes=self.annotator.prompt_hashes(),
-                    node=self.node,
-                    details=details,
-                )
-                new_record = apply_output(record, output, provenance)
-                self.run_dir.save_marker(
-                    StageMarker(
-                        stage=spec.name,
-                        clip_id=record.clip_id,
-                        config_hash=spec.config_hash,
-                        output=output,
-                        provenance=provenance,
-                    )
-                )
-            except Exception as e:  # noqa: BLE001 - invalid output is this clip's failure
-                rows[i] = _failure_row(row["source_uri"], record.clip_id, spec.name, e)
-                continue
-            row["record"] = new_record.model_dump_json()
-            timings = json.loads(row["stage_seconds"])
-            timings[spec.name] = round(seconds, 4)
-            row["stage_seconds"] = json.dumps(timings)
-            self._apply_filters(row, new_record)
-
-    def _apply_filters(self, row: dict[str, Any], record: Record) -> None:
-        """Decide the curation rules whose scores exist now; a dropped clip's row is marked
-        filtered and every later stage passes it by."""
-        if self.spec.filters is None:
-            return
-        decision, warnings = self.spec.filters.decide(record, self.spec.name)
-        if warnings:
-            row["warnings"] = json.dumps(
-                list(dict.fromkeys(json.loads(row["warnings"]) + warnings))
-            )
-        if decision is not None:
-            row["filtered"] = decision.model_dump_json()
 
 
 def dataset_summary(record: Record) -> dict[str, Any]:
@@ -375,8 +153,17 @@ def dataset_summary(record: Record) -> dict[str, Any]:
     }
 
 
-def finalize_rows(rows: list[dict[str, Any]], run_root: str) -> list[dict[str, Any]]:
-    """Write each clip's record (or failure) to the run directory; pass small rows on."""
+def finalize_rows(
+    rows: list[dict[str, Any]],
+    run_root: str,
+    signature: str = "",
+    stages: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Write each clip's record (or failure) to the run directory; pass small rows on.
+
+    With a build ``signature``, the batch's finished clips (ok or filtered) then go to the
+    done log in one part, after their records: the resume index never names a clip whose
+    record is not durably written (pipeline/resume.py)."""
     run_dir = RunDir(run_root)
     for row in rows:
         if row["failure"]:
@@ -390,18 +177,29 @@ def finalize_rows(rows: list[dict[str, Any]], run_root: str) -> list[dict[str, A
             run_dir.delete_record(decision.clip_id)
             run_dir.clear_failure(decision.clip_id)
         else:
-            record = Record.model_validate_json(row["record"])
+            record = load_record(row["record"])
             run_dir.save_record(record)
             run_dir.clear_failure(record.clip_id)
             run_dir.clear_filtered(record.clip_id)
             row["dataset"] = json.dumps(dataset_summary(record))
-        row["record"] = ""  # the driver needs only the summary
+        row["record"] = b""  # the driver needs only the summary
         row["probe"] = ""
+    if signature:
+        run_dir.done_log().append(
+            {
+                row["clip_id"]: done_entry(row, signature, stages or [])
+                for row in rows
+                if not row["failure"]
+            }
+        )
     return rows
 
 
-def _finalize_batch(batch: pa.Table, run_root: str) -> pa.Table:
-    return pa.Table.from_pylist(finalize_rows(batch.to_pylist(), run_root), schema=ROW_SCHEMA)
+def _finalize_batch(
+    batch: pa.Table, run_root: str, signature: str = "", stages: list[str] | None = None
+) -> pa.Table:
+    rows = finalize_rows(batch.to_pylist(), run_root, signature, stages)
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
 def probe_counts(sources: int, rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -437,7 +235,7 @@ def dedup_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if row["failure"] or row.get("filtered"):
             continue
-        key = DedupKey.of(Record.model_validate_json(row["record"]))
+        key = DedupKey.of(load_record(row["record"]))
         if key is not None:
             keys.append(key.to_json())
     return keys
@@ -553,6 +351,7 @@ def run_ray(
         )
         finished = True
     finally:
+        cleanup(run_id)  # this node's fetched sources (pipeline/fetch.py)
         if live is not None:
             live.close(settle_s=2.0 if finished else 0.0)
 
@@ -588,6 +387,7 @@ def _run_ray(
             "recipe_hash": resolved.recipe_hash,
             "run_id": run_id,
             "stages_left_out": resolved.left_out,
+            "fetch_dir": cache_dir(run_id),
             "progress": reporter,
         },
     )
@@ -611,6 +411,7 @@ def _run_ray(
                 "run_id": run_id,
                 "readers": list(recipe.readers),
                 "progress": reporter,
+                "fetch_dir": cache_dir(run_id),
             },
         )
         if dedup is not None and spec.name == dedup[0]:
@@ -634,7 +435,12 @@ def _run_ray(
                 fn_kwargs={"drops": drops},
             )
     ds = ds.map_batches(
-        functools.partial(_finalize_batch, run_root=run_root),
+        functools.partial(
+            _finalize_batch,
+            run_root=run_root,
+            signature=build_signature(resolved),
+            stages=[s.name for s in resolved.stages],
+        ),
         batch_format="pyarrow",
         num_cpus=resolved.task_cpus,
     )
@@ -652,6 +458,24 @@ def run_local(
 ) -> Iterator[dict[str, Any]]:
     """The same stages called in a plain loop in this process (baseline and debugging);
     ``progress`` gets each batch's counts directly."""
+    try:
+        yield from _run_local(
+            resolved, sources, run_root, artifacts_root, run_id, limit, progress, cache_dir(run_id)
+        )
+    finally:
+        cleanup(run_id)
+
+
+def _run_local(
+    resolved: ResolvedRecipe,
+    sources: list[dict[str, Any]],
+    run_root: str,
+    artifacts_root: str,
+    run_id: str,
+    limit: int | None,
+    progress: ProgressTracker | None,
+    fetch_dir: str,
+) -> Iterator[dict[str, Any]]:
     recipe = resolved.recipe
     reporter = progress.add if progress is not None else None
     rows: list[dict[str, Any]] = []
@@ -664,6 +488,7 @@ def run_local(
             resolved.recipe_hash,
             run_id,
             resolved.left_out,
+            fetch_dir,
         )
         safe_report(reporter, PROBE, probe_counts(1, probed))
         rows.extend(probed)
@@ -672,7 +497,13 @@ def run_local(
     dedup = dedup_plan(resolved)
     for spec in resolved.stages:
         actor = StageActor(
-            spec, run_root, artifacts_root, run_id, list(recipe.readers), progress=reporter
+            spec,
+            run_root,
+            artifacts_root,
+            run_id,
+            list(recipe.readers),
+            progress=reporter,
+            fetch_dir=fetch_dir,
         )
         size = spec.resources.batch_size
         rows = [r for i in range(0, len(rows), size) for r in actor.process(rows[i : i + size])]
@@ -680,7 +511,11 @@ def run_local(
             drops = decide_duplicates(dedup_keys(rows), resolved, run_root)
             safe_report(reporter, spec.name, {"filtered": len(drops)})
             rows = mark_duplicates(rows, drops)
-    yield from finalize_rows(rows, run_root)
+    signature = build_signature(resolved)
+    stages = [s.name for s in resolved.stages]
+    size = 64  # like the Ray finalizer, one done-log part per batch, not per clip
+    for i in range(0, len(rows), size):
+        yield from finalize_rows(rows[i : i + size], run_root, signature, stages)
 
 
 # (resolved, sources, run_root, artifacts_root, run_id, limit, progress=None) -> summary rows

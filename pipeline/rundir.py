@@ -1,11 +1,17 @@
 """The run directory: stage markers (resume), records, failures and reports.
 
-Layout (every file written atomically, one file per clip, so a re-run after a kill can
-neither lose nor duplicate a clip)::
+Layout (every file written atomically, so a re-run after a kill can neither lose nor
+duplicate a clip; see docs/architecture.md, "Run state at scale")::
 
     RUN_DIR/
       run.json                          recipe and run history
-      stages/<stage>/<clip_id>.json     a finished stage: config hash, output, provenance
+      stages/<stage>/part-*.tsv         finished stages, one part per batch (PartLog):
+                                        clip_id -> config hash, output, provenance
+      stages/<stage>/<clip_id>.json     the same, one file per clip (earlier layout; read,
+                                        and folded into a part by the next compaction)
+      index/probe/part-*.tsv            probe cache: source key -> probe + clip spans
+      index/done/part-*.tsv             finished clips: clip_id -> build signature + summary,
+                                        appended only after the clip's record is written
       records/<clip_id>.json            the assembled record
       failures/<clip_id>.json           the clip's current failure (removed once it succeeds)
       filtered/<clip_id>.json           why curation dropped the clip (removed once it passes);
@@ -24,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.partlog import COMPACT_AT, PartLog
 from pipeline.storage import Storage, StorageBusy
 from schemas import Failure, FilterDecision, Record, StageProvenance
 
@@ -67,18 +74,43 @@ class RunDir:
         except StorageBusy as e:
             raise RunDirBusy(str(e)) from e
 
-    # stage markers
+    # stage markers: one PartLog per stage, a part per batch
+    def marker_log(self, stage: str) -> PartLog:
+        return PartLog(self.storage, f"stages/{stage}", legacy_suffix=".json")
+
+    def markers(self, stage: str) -> dict[str, str]:
+        """clip_id -> marker JSON for every clip the stage finished (parsed when used)."""
+        return self.marker_log(stage).load()
+
     def load_marker(self, stage: str, clip_id: str) -> StageMarker | None:
-        rel = f"stages/{stage}/{clip_id}.json"
-        try:
-            return StageMarker.model_validate_json(self.storage.read(rel))
-        except FileNotFoundError:
-            return None
+        """One clip's marker (reads the stage's whole log: use :meth:`markers` for many)."""
+        raw = self.markers(stage).get(clip_id)
+        return None if raw is None else StageMarker.model_validate_json(raw)
+
+    def save_markers(self, stage: str, markers: list[StageMarker]) -> None:
+        """One batch's markers in one atomic part: all of them or none survive a kill."""
+        self.marker_log(stage).append({m.clip_id: m.model_dump_json() for m in markers})
 
     def save_marker(self, marker: StageMarker) -> None:
-        self.storage.write_atomic(
-            f"stages/{marker.stage}/{marker.clip_id}.json", marker.model_dump_json().encode()
-        )
+        self.save_markers(marker.stage, [marker])
+
+    # the resume index (pipeline/resume.py)
+    def probe_log(self) -> PartLog:
+        return PartLog(self.storage, "index/probe")
+
+    def done_log(self) -> PartLog:
+        return PartLog(self.storage, "index/done")
+
+    def logs(self) -> list[PartLog]:
+        """Every part log of the run directory: the resume index and each stage's markers."""
+        stages = [name for name in self.storage.list("stages") if not name.startswith(".")]
+        return [self.probe_log(), self.done_log(), *(self.marker_log(s) for s in stages)]
+
+    def compact(self, min_files: int = COMPACT_AT) -> list[str]:
+        """Fold each log with ``min_files`` files or more into one part (also migrates the
+        earlier one-marker-per-clip layout); the caller holds :meth:`exclusive`. Returns the
+        folders folded."""
+        return [log.folder for log in self.logs() if log.compact(min_files)]
 
     # records
     def save_record(self, record: Record) -> bool:

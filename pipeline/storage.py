@@ -93,6 +93,9 @@ class Storage:
             self.fs.pipe_file(path, data)
 
     def read(self, rel: str) -> bytes:
+        if self.local:  # plain open: fsspec's per-call overhead dominates small reads
+            with open(self._path(rel), "rb") as f:
+                return f.read()
         data: bytes = self.fs.cat_file(self._path(rel))
         return data
 
@@ -122,8 +125,9 @@ class Storage:
         """Names (not paths) of the finished files in a folder; temporaries are hidden."""
         path = self._path(rel_dir)
         try:
-            entries = self.fs.ls(path, detail=False)
-        except FileNotFoundError:
+            # a local folder of many files lists an order of magnitude faster without fsspec
+            entries = os.listdir(path) if self.local else self.fs.ls(path, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
             return
         for entry in sorted(entries):
             name = posixpath.basename(str(entry).rstrip("/"))

@@ -74,7 +74,8 @@ def test_rerun_resumes_and_config_change_reruns_one_stage(
     out = tmp_path / "run"
     code, first = build("demo", src, out)
     assert code == 0 and first["records_ok"] == 3
-    marker = next((out / "stages" / "keyframes").glob("*.json"))
+    # the stage's marker log: one part per batch (pipeline/partlog.py)
+    marker = next((out / "stages" / "keyframes").glob("part-*.tsv"))
     before = marker.stat().st_mtime_ns
 
     code, second = build("demo", src, out)

@@ -117,7 +117,7 @@ def build(resolved: ResolvedRecipe, src: Path, out: Path, executor: str = "local
 
 
 def markers(out: Path, stage: str) -> set[str]:
-    return {p.stem for p in (out / "stages" / stage).glob("*.json")}
+    return set(RunDir(str(out)).markers(stage))  # the stage's marker log (pipeline/partlog.py)
 
 
 def clip_ids(out: Path, folder: str) -> set[str]:

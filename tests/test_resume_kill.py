@@ -1,10 +1,12 @@
-"""A build killed with SIGKILL at any moment, then re-run, ends with every clip exactly once."""
+"""A build killed with SIGKILL at any moment, then re-run, ends with every clip exactly once;
+a part-log compaction killed at any moment leaves the log reading the same."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.partlog import PartLog
+from pipeline.rundir import RunDir
+from pipeline.storage import Storage
 from tests import media
 
 pytestmark = pytest.mark.slow
@@ -46,7 +51,11 @@ def _start(src: Path, out: Path, executor: str) -> subprocess.Popen[bytes]:
 
 
 def _markers(out: Path) -> int:
-    return sum(1 for _ in (out / "stages").glob("*/*.json")) if (out / "stages").exists() else 0
+    """Finished (stage, clip) pairs: the entries of every stage's marker log."""
+    if not (out / "stages").exists():
+        return 0
+    run = RunDir(str(out))
+    return sum(len(run.markers(p.name)) for p in (out / "stages").iterdir() if p.is_dir())
 
 
 def _settled_markers(out: Path, quiet_s: float = 3.0) -> int:
@@ -133,3 +142,74 @@ def test_sigkill_then_rerun_gives_every_clip_once(
     # no partial file is visible under its final name
     for path in out.rglob("*.json"):
         json.loads(path.read_text())
+    for path in out.rglob("part-*.tsv"):
+        for line in path.read_text().splitlines():
+            json.loads(line.partition("\t")[2])
+    # the done index names exactly the records, each once
+    assert set(RunDir(str(out)).done_log().load()) == {r["clip"]["clip_id"] for r in records}
+
+
+# The child compacts with each delete slowed down, so that a kill can land between the
+# compacted part's write and the last delete; the compaction itself is the real code.
+_COMPACT_CHILD = """
+import sys, time
+from pipeline import storage
+from pipeline.partlog import PartLog
+slow = storage.Storage.delete
+def delete(self, rel):
+    time.sleep(0.002)
+    slow(self, rel)
+storage.Storage.delete = delete
+PartLog(storage.Storage(sys.argv[1]), "stages/s", legacy_suffix=".json").compact(min_files=1)
+"""
+
+
+def _make_log(root: Path) -> dict[str, str]:
+    """A stage log of 150 legacy files and 300 parts whose later entries overwrite earlier
+    ones; returns what it reads as."""
+    folder = root / "stages" / "s"
+    folder.mkdir(parents=True)
+    for i in range(150):
+        (folder / f"clip{i:04d}.json").write_text(json.dumps({"v": "legacy", "i": i}))
+    log = PartLog(Storage(str(root)), "stages/s", legacy_suffix=".json")
+    for p in range(300):
+        log.append({f"clip{(p * 7 + k) % 600:04d}": json.dumps({"v": p, "k": k}) for k in range(5)})
+    return log.load()
+
+
+def test_sigkill_during_compaction_keeps_the_log(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    expected = _make_log(root)
+    log = PartLog(Storage(str(root)), "stages/s", legacy_suffix=".json")
+    folder = root / "stages" / "s"
+    rng = random.Random(12)
+    mid_compaction = 0
+    for attempt in range(8):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _COMPACT_CHILD, str(root)],
+            cwd=Path(__file__).parents[1],
+            start_new_session=True,
+        )
+        if attempt % 2 == 0:
+            # wait for the compacted part, then kill among the deletes
+            deadline = time.monotonic() + 60
+            while not list(folder.glob("*.c.tsv")) and proc.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:
+            time.sleep(rng.uniform(0.2, 1.5))  # anywhere: importing, reading or writing
+        killed = proc.poll() is None
+        _kill_group(proc)
+        legacy, parts = log.files()
+        if killed and any(p.endswith(".c.tsv") for p in parts) and len(legacy) + len(parts) > 1:
+            mid_compaction += 1
+        # the next build holds the run directory: it sweeps a half-written temporary
+        with Storage(str(root)).exclusive("busy"):
+            pass
+        assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+        assert log.load() == expected, f"attempt {attempt}"
+    assert mid_compaction >= 1, "no kill landed between the compacted write and the deletes"
+    log.compact(min_files=1)
+    legacy, parts = log.files()
+    assert legacy == [] and len(parts) == 1 and log.load() == expected
