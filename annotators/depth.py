@@ -32,8 +32,9 @@ from annotators.base import (
     Resources,
 )
 from annotators.conditions import ConditionType, PayloadReader
+from annotators.keyframes import grid_field
 from annotators.model_catalog import DEFAULT_DEPTH_MODEL, ENV_DEPTH_MODEL
-from schemas import DepthCondition, DepthLayout, ModelInfo, Record, Suitability
+from schemas import DepthCondition, DepthLayout, FrameGrid, ModelInfo, Record, Suitability
 
 U16_MAX = 65535
 
@@ -75,6 +76,7 @@ class DepthConfig(AnnotatorConfig):
         default=None, ge=1, description="torch CPU threads of this worker (default: torch's)"
     )
     preview: bool = True
+    frame_grid: FrameGrid | None = grid_field()
 
     @model_validator(mode="before")
     @classmethod
@@ -602,6 +604,7 @@ class DepthAnnotator(Annotator):
             payload=payload,
             preview=preview,
             layout=measure_layout(depth),
+            frame_grid=cfg.frame_grid,
         )
         return DepthConditionType.to_output(summary)
 

@@ -12,9 +12,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.1.0"
+# 1.2.0: frame_grid on the built-in conditions, timestamps_s on identities and camera
+SCHEMA_VERSION = "1.2.0"
 
 # Fixed namespace so clip ids are stable across machines, runs and versions.
 CLIP_NAMESPACE = uuid.UUID("6f1c3c4e-8a51-4c59-9d0e-2b7f3a1d9e42")
@@ -121,6 +122,36 @@ class Keyframes(_Model):
     frames: list[PayloadRef]
 
 
+class FrameGrid(_Model):
+    """The frames every condition stage samples when a recipe sets ``frame_grid``: at a rate
+    (``fps``) or a fixed count per clip (``num_frames``), exactly one of them, at most
+    ``max_frames``; ``size`` is the longest side of the sampled frames (None: each stage's
+    own). A condition records the grid it was sampled on, so an export can check that depth,
+    pose, identity masks and cameras share the same timestamps."""
+
+    fps: float | None = Field(default=None, gt=0, description="frames at this rate")
+    num_frames: int | None = Field(default=None, ge=1, description="or N frames per clip")
+    size: int | None = Field(
+        default=None, ge=16, description="longest side of the frames (None: each stage's own)"
+    )
+    max_frames: int = Field(default=256, ge=1, description="at most this many frames a clip")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FrameGrid:
+        if (self.fps is None) == (self.num_frames is None):
+            raise ValueError("set exactly one of fps and num_frames")
+        return self
+
+    def describe(self) -> str:
+        """``fps=8`` / ``num_frames=49, size=480``: the grid in words, for messages."""
+        parts = [f"fps={self.fps:g}" if self.fps is not None else f"num_frames={self.num_frames}"]
+        if self.size is not None:
+            parts.append(f"size={self.size}")
+        if self.max_frames != 256:
+            parts.append(f"max_frames={self.max_frames}")
+        return ", ".join(parts)
+
+
 class DepthLayout(_Model):
     """Scene layout measured from the depth maps, each frame scaled to 0..1 on its own.
 
@@ -145,6 +176,9 @@ class DepthCondition(_Model):
     payload: PayloadRef
     preview: PayloadRef | None = None
     layout: DepthLayout | None = None
+    frame_grid: FrameGrid | None = Field(
+        default=None, description="the recipe's frame grid the frames were sampled on"
+    )
 
 
 class PersonActivity(_Model):
@@ -182,6 +216,9 @@ class PoseCondition(_Model):
         default_factory=list,
         description="per sampled frame, the most confident body keypoints (of 18) of any person",
     )
+    frame_grid: FrameGrid | None = Field(
+        default=None, description="the recipe's frame grid the frames were sampled on"
+    )
 
 
 class Identity(_Model):
@@ -215,6 +252,12 @@ class IdentitiesCondition(_Model):
     masks: PayloadRef | None = Field(
         default=None, description="per-frame low-resolution masks of every identity (.npz)"
     )
+    timestamps_s: list[float] = Field(
+        default_factory=list, description="time of each tracked frame (empty before 1.2.0)"
+    )
+    frame_grid: FrameGrid | None = Field(
+        default=None, description="the recipe's frame grid the frames were sampled on"
+    )
 
 
 class CameraCondition(_Model):
@@ -230,6 +273,13 @@ class CameraCondition(_Model):
     quality: dict[str, float] = Field(
         default_factory=dict,
         description="estimates only: mean_tracks, inlier_ratio, reprojection_rms_px, lost_fraction",
+    )
+    timestamps_s: list[float] = Field(
+        default_factory=list,
+        description="time of each camera of the trajectory (empty before 1.2.0)",
+    )
+    frame_grid: FrameGrid | None = Field(
+        default=None, description="the recipe's frame grid the frames were sampled on"
     )
 
 

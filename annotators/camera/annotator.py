@@ -42,8 +42,9 @@ from annotators.camera.formats import (
 )
 from annotators.camera.labels import label_trajectory
 from annotators.camera.masks import subject_masks
-from annotators.camera.trajectory import Trajectory, normalized_intrinsics
-from schemas import CameraCondition, ModelInfo
+from annotators.camera.trajectory import Trajectory, TrajectoryError, normalized_intrinsics
+from annotators.keyframes import grid_field
+from schemas import CameraCondition, FrameGrid, ModelInfo
 
 # RealEstate10K timestamps are integer microseconds; a pose this close to a span bound is in.
 _SPAN_EPS_S = 1e-3
@@ -67,6 +68,9 @@ class CameraConfig(AnnotatorConfig):
         default=None, description="folder (path or URI) with camera files named after videos"
     )
     work_side: int = Field(default=640, ge=64, description="estimator's working resolution")
+    # Under a grid an imported trajectory is resampled onto the sampled frames' times, so
+    # that its cameras share the other conditions' timestamps.
+    frame_grid: FrameGrid | None = grid_field()
 
 
 def _stem_uri(uri: str) -> tuple[str, str]:
@@ -110,6 +114,16 @@ def imported_for_clip(trajectory: Trajectory, fmt: CameraFormat, item: ClipInput
             "video's own timeline"
         )
     return trajectory.select(inside)
+
+
+def on_frames(trajectory: Trajectory, item: ClipInput) -> Trajectory:
+    """An imported trajectory at the times of the clip's sampled frames (interpolated), for a
+    recipe with a frame grid; the file must cover them to within a frame and a half."""
+    slack = 1.5 / item.clip.fps
+    try:
+        return trajectory.at(item.timestamps_s, tolerance_s=slack)
+    except TrajectoryError as e:
+        raise CameraImportError(f"the camera file does not cover the frame grid: {e}") from e
 
 
 class CameraAnnotator(Annotator):
@@ -164,6 +178,9 @@ class CameraAnnotator(Annotator):
                 raise CameraImportError(str(e)) from e
             source = fmt
             details["file"] = uri
+            if self.config.frame_grid is not None:
+                trajectory = on_frames(trajectory, item)
+                details["resampled"] = f"{len(trajectory)} frames of the frame grid"
         else:
             try:
                 trajectory, details_est, quality = self._estimate(item)
@@ -184,6 +201,8 @@ class CameraAnnotator(Annotator):
             trajectory=ref,
             speed=speed,
             quality=quality,
+            timestamps_s=[round(float(t), 4) for t in trajectory.timestamps_s],
+            frame_grid=self.config.frame_grid,
         )
         return {**CameraConditionType.to_output(summary), PROVENANCE_KEY: details}
 
@@ -212,6 +231,8 @@ class CameraAnnotator(Annotator):
                 "reprojection_rms_px": 0.0,
                 "lost_fraction": 1.0,
             },
+            timestamps_s=[round(float(t), 4) for t in trajectory.timestamps_s],
+            frame_grid=self.config.frame_grid,
         )
         return {**CameraConditionType.to_output(summary), PROVENANCE_KEY: details}
 
@@ -242,4 +263,5 @@ __all__ = [
     "CameraImportError",
     "find_camera_file",
     "imported_for_clip",
+    "on_frames",
 ]

@@ -252,6 +252,39 @@ class Trajectory:
             timestamps_s=self.timestamps_s[idx],
         )
 
+    def at(self, times: npt.ArrayLike, tolerance_s: float = 0.0) -> Trajectory:
+        """The cameras at TIMES (ascending seconds): between two cameras the rotation turns
+        along the shortest arc and the centre and intrinsics move linearly. A time before
+        the first or after the last camera by at most ``tolerance_s`` takes that end camera;
+        further out raises :class:`TrajectoryError`."""
+        t = np.asarray(times, dtype=np.float64).reshape(-1)
+        ts = self.timestamps_s
+        if t.size == 0:
+            raise TrajectoryError("no times to resample at")
+        if t.min() < ts[0] - tolerance_s or t.max() > ts[-1] + tolerance_s:
+            raise TrajectoryError(
+                f"times {t.min():.3f}-{t.max():.3f} s lie outside the cameras' "
+                f"{ts[0]:.3f}-{ts[-1]:.3f} s"
+            )
+        tc = np.clip(t, ts[0], ts[-1])
+        if len(self) == 1:
+            idx = np.zeros(t.size, dtype=np.int64)
+            return self.select(idx).replace(timestamps_s=t)
+        j = np.clip(np.searchsorted(ts, tc, side="right") - 1, 0, len(self) - 2)
+        gap = ts[j + 1] - ts[j]
+        a = np.where(gap > 0, (tc - ts[j]) / np.where(gap > 0, gap, 1.0), 0.0)
+        R0, R1 = self.rotations[j], self.rotations[j + 1]
+        centers = self.centers()
+        C = (1 - a)[:, None] * centers[j] + a[:, None] * centers[j + 1]
+        w2c = np.empty((t.size, 3, 4))
+        for i in range(t.size):
+            step = rotvec_from_matrix(R1[i] @ R0[i].T)
+            R = project_to_rotation(matrix_from_rotvec(a[i] * step) @ R0[i])
+            w2c[i, :, :3] = R
+            w2c[i, :, 3] = -R @ C[i]
+        intr = (1 - a)[:, None] * self.intrinsics[j] + a[:, None] * self.intrinsics[j + 1]
+        return self.replace(intrinsics=intr, w2c=w2c, timestamps_s=t)
+
     def to_json(self) -> dict[str, Any]:
         """Per-frame cameras as plain JSON (what ``any2cap camera estimate --json`` prints)."""
         return {

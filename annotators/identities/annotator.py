@@ -60,8 +60,9 @@ from annotators.identities.selection import (
     stitch,
     tracks_from_masks,
 )
+from annotators.keyframes import grid_field
 from annotators.model_catalog import ENV_GROUNDING_MODEL, ENV_SAM2_MODEL, ENV_YOLOX_MODEL
-from schemas import IdentitiesCondition, Identity, ModelInfo
+from schemas import FrameGrid, IdentitiesCondition, Identity, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class IdentitiesConfig(AnnotatorConfig):
     crop_margin: float = Field(default=0.04, ge=0, le=0.5)
     reference_height: int = Field(default=384, ge=32, le=2048)
     mask_max_side: int = Field(default=128, ge=16, le=1024)
+    frame_grid: FrameGrid | None = grid_field()
 
     @model_validator(mode="before")
     @classmethod
@@ -260,6 +262,8 @@ def write_identities(
         stitched_reference=stitched,
         frames=t,
         masks=masks_ref,
+        timestamps_s=[round(x, 4) for x in timestamps_s],
+        frame_grid=config.frame_grid,
     )
 
 

@@ -25,6 +25,7 @@ from annotators.base import (
     Resources,
 )
 from annotators.conditions import ConditionType, PayloadReader
+from annotators.keyframes import grid_field
 from annotators.model_catalog import DEFAULT_POSE_MODEL as DEFAULT_POSE_MODEL
 from annotators.model_catalog import ENV_DWPOSE_DET, ENV_DWPOSE_POSE
 from annotators.pose._draw import draw_pose
@@ -40,7 +41,7 @@ from annotators.pose._keypoints import (
 )
 from annotators.pose._runner import detect_people, estimate_poses
 from annotators.yolox import DEFAULT_DETECTOR
-from schemas import ModelInfo, PoseCondition, Record, Suitability
+from schemas import FrameGrid, ModelInfo, PoseCondition, Record, Suitability
 
 ENV_DETECTOR = ENV_DWPOSE_DET
 ENV_POSE_MODEL = ENV_DWPOSE_POSE
@@ -65,6 +66,7 @@ class PoseConfig(AnnotatorConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, description="onnxruntime intra-op threads")
     render: bool = True
+    frame_grid: FrameGrid | None = grid_field()
 
     @model_validator(mode="before")
     @classmethod
@@ -371,6 +373,7 @@ class PoseAnnotator(Annotator):
             people_typical=people_typical,
             activity=activity,
             body_keypoints=body_keypoints_per_frame(arrays["scores"]),
+            frame_grid=self.config.frame_grid,
         )
         return PoseConditionType.to_output(summary)
 

@@ -108,8 +108,10 @@ def export(
         str,
         typer.Option(
             "--format",
-            help="parquet (default), sft (ShareGPT JSONL + media for LLaMA-Factory / ms-swift) "
-            "or webdataset (tar shards: clip mp4 + json + txt + condition files)",
+            help="parquet (default), sft (ShareGPT JSONL + media for LLaMA-Factory / ms-swift), "
+            "webdataset (tar shards: clip mp4 + json + txt + condition files) or control "
+            "(target + depth/pose control videos on the recipe's frame grid, reference images, "
+            "RealEstate10K camera files, metadata.csv)",
         ),
     ] = "parquet",
     sft_identities: Annotated[
@@ -127,7 +129,8 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Write the accepted and edited records of a reviewed run to shards (Parquet by
-    default; --format sft or webdataset for trainers' own formats, one format per folder).
+    default; --format sft, webdataset or control for trainers' own formats, one format per
+    folder; control needs conditions built on a recipe frame_grid).
 
     With --corrections: write OUT/corrections-<run>.parquet instead, one row per field a
     human edited (machine and human text) or rejected (human text null), from the store's
@@ -188,6 +191,8 @@ def export(
             err.print(f"[yellow]not exported {item['clip_id']}:[/yellow] {item['why']}")
         if format == "parquet":
             err.print(f"dataset card: {report.shards.shards_dir}/README.md")
+        if format == "control":
+            err.print(f"metadata: {report.shards.shards_dir}/metadata.csv")
     if data["incomplete"]:
         raise typer.Exit(1)
 

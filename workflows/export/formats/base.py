@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pipeline.storage import Storage
 from schemas import PayloadRef, ShardRow
 
-FORMATS: tuple[str, ...] = ("parquet", "sft", "webdataset")
+FORMATS: tuple[str, ...] = ("parquet", "sft", "webdataset", "control")
 
 
 class ShardFormat:
