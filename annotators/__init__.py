@@ -1,4 +1,15 @@
-"""Per-clip logic: frames in, condition / statistics / caption out. No Ray here."""
+"""Per-clip logic: frames in, condition / statistics / caption out. No Ray here.
+
+The base classes are imported here; the built-in stages (which bring in OpenCV, PyAV,
+openai, ...) only when first asked for (PEP 562), so that ``annotators.base`` and
+``annotators.conditions`` stay importable with the core install alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import TYPE_CHECKING
 
 from annotators.base import (
     PROVENANCE_KEY,
@@ -11,30 +22,64 @@ from annotators.base import (
     Resources,
     config_hash,
 )
-from annotators.captions import CaptionsAnnotator
-from annotators.captions.instances import InstancesAnnotator
-from annotators.clip_stats import ClipStatsAnnotator
-from annotators.curation import CURATION_ANNOTATORS
-from annotators.dedup_hash import DedupHashAnnotator
-from annotators.keyframes import KeyframesAnnotator
 
-BUILTIN_ANNOTATORS: dict[str, type[Annotator]] = {
-    cls.name: cls
-    for cls in (
-        ClipStatsAnnotator,
-        KeyframesAnnotator,
-        CaptionsAnnotator,
-        InstancesAnnotator,
-        DedupHashAnnotator,
-    )
-} | {cls.name: cls for cls in CURATION_ANNOTATORS}
+if TYPE_CHECKING:
+    from annotators.captions import CaptionsAnnotator
+    from annotators.captions.instances import InstancesAnnotator
+    from annotators.clip_stats import ClipStatsAnnotator
+    from annotators.keyframes import KeyframesAnnotator
+
+    BUILTIN_ANNOTATORS: dict[str, type[Annotator]]
+
+_WHERE = {
+    "CaptionsAnnotator": "annotators.captions",
+    "InstancesAnnotator": "annotators.captions.instances",
+    "ClipStatsAnnotator": "annotators.clip_stats",
+    "KeyframesAnnotator": "annotators.keyframes",
+}
+
+
+@functools.cache
+def _builtin_annotators() -> dict[str, type[Annotator]]:
+    from annotators.captions import CaptionsAnnotator
+    from annotators.captions.instances import InstancesAnnotator
+    from annotators.clip_stats import ClipStatsAnnotator
+    from annotators.curation import CURATION_ANNOTATORS
+    from annotators.dedup_hash import DedupHashAnnotator
+    from annotators.keyframes import KeyframesAnnotator
+
+    return {
+        cls.name: cls
+        for cls in (
+            ClipStatsAnnotator,
+            KeyframesAnnotator,
+            CaptionsAnnotator,
+            InstancesAnnotator,
+            DedupHashAnnotator,
+        )
+    } | {cls.name: cls for cls in CURATION_ANNOTATORS}
+
+
+def __getattr__(name: str) -> object:
+    if name == "BUILTIN_ANNOTATORS":
+        value: object = _builtin_annotators()
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE, "BUILTIN_ANNOTATORS"])
 
 
 def all_annotators() -> dict[str, type[Annotator]]:
     """Built-in stages plus those of every registered condition type (plugins included)."""
     from annotators.conditions import condition_annotators
 
-    return {**BUILTIN_ANNOTATORS, **condition_annotators()}
+    return {**_builtin_annotators(), **condition_annotators()}
 
 
 __all__ = [
@@ -43,6 +88,7 @@ __all__ = [
     "Annotator",
     "AnnotatorConfig",
     "ArtifactSink",
+    "CaptionsAnnotator",
     "ClipInput",
     "ClipStatsAnnotator",
     "FrameSampling",

@@ -45,9 +45,10 @@ def palette(frames: np.ndarray, k: int, pixels: int, seed: int) -> list[ColorSwa
     k = min(k, len(np.unique(sample, axis=0)))
     cv2.setRNGSeed(seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
-    _, labels, centers = cv2.kmeans(  # type: ignore[call-overload]
-        sample, k, None, criteria, 3, cv2.KMEANS_PP_CENTERS
-    )
+    # OpenCV 4's stubs reject None for bestLabels and OpenCV 5's accept it: typed loosely so
+    # both type-check.
+    kmeans: Any = cv2.kmeans
+    _, labels, centers = kmeans(sample, k, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
     counts = np.bincount(labels.ravel(), minlength=k)
     order = np.argsort(-counts)
     return [

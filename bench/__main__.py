@@ -82,10 +82,24 @@ def _run_review() -> dict[str, Any]:
     return review.run()
 
 
+def _run_review_load() -> dict[str, Any]:
+    from bench import review_load
+
+    return review_load.run()
+
+
 def _run_export() -> dict[str, Any]:
     from bench import export
 
     return export.run()
+
+
+def _run_scale() -> dict[str, Any]:
+    from bench import scale
+
+    # sizes from ANY2CAP_BENCH_SCALE_SIZES (default 200 and 1,000 clips); the curve beside
+    # the JSON, docs/img is written only when asked (python -m bench.scale --plot ...)
+    return scale.run(plot=os.environ.get(scale.PLOT_ENV) or str(OUT.parent / "scale.svg"))
 
 
 def _run_scores() -> dict[str, Any]:
@@ -98,6 +112,42 @@ def _run_dedup() -> dict[str, Any]:
     from bench import dedup
 
     return dedup.run()
+
+
+def _run_resume() -> dict[str, Any]:
+    from bench import resume
+
+    # the no-op re-run on ANY2CAP_BENCH_RESUME_CLIPS generated clips (default 200: a few
+    # minutes on 2 cores; docs/benchmarks.md quotes 1,000), the synthetic 100K-clip resume
+    clips = int(os.environ.get("ANY2CAP_BENCH_RESUME_CLIPS", "200"))
+    return resume.run(clips=clips, synthetic_clips=100_000)
+
+
+def _resume_rows(r: dict[str, Any]) -> list[Row]:
+    noop, synth = r["noop"], r["synthetic"]
+    return [
+        (
+            # Against the first build of the same clips in the same run (the machines are
+            # noisy): the share of a build that a re-run with nothing left to do costs.
+            # Before the resume index it cost about as much as the build (28.9 s of 40.5 s).
+            f"no-op re-run of a finished {noop['clips']}-clip build (Ray started), s",
+            f"{noop['build_s']:.2f} (the first build)",
+            f"{noop['noop_rerun_s']:.2f}",
+            f"{noop['noop_rerun_s'] / max(noop['build_s'], 1e-9):.4f} of the build",
+        ),
+        (
+            f"resume of a synthetic {synth['clips']}-clip run directory, s",
+            "target < 30",
+            f"{synth['resume_s']:.2f}",
+            "",
+        ),
+        (
+            "run-state files per clip (artifacts apart)",
+            "4.0 (3 stages)",
+            f"{noop['files']['run_state_files_per_clip']:.2f}",
+            "",
+        ),
+    ]
 
 
 def _run_gpu() -> dict[str, Any]:
@@ -125,15 +175,32 @@ def _x(value: float | None, what: str) -> str:
 
 
 def _decode_rows(d: dict[str, Any]) -> list[Row]:
-    decord = "not installed" if d["decord_fps"] is None else f"decord {d['decord_fps']:.1f}"
-    return [
-        (
-            f"16-frame sampling, frames/s (median of {d['repeats']})",
-            f"PyAV {d['pyav_fps']:.1f}",
-            decord,
-            _x(d["ratio_decord_over_pyav"], "decord/PyAV"),
+    pyav = f"PyAV {d['pyav_fps']:.1f}"
+    what = f"16-frame sampling, frames/s (median of {d['repeats']})"
+    rows: list[Row] = []
+    # the decord row names the package that provides the module (decord or decord2)
+    for key, label in (
+        ("decord_fps", d.get("decord") or "decord"),
+        ("torchcodec_fps", "torchcodec"),
+    ):
+        fps = d.get(key)
+        measured = "not installed" if fps is None else f"{label} {fps:.1f}"
+        ratio = fps / d["pyav_fps"] if fps and d["pyav_fps"] else None
+        rows.append((what, pyav, measured, _x(ratio, f"{label}/PyAV")))
+    robust = d.get("robustness") or {}
+    if robust:
+        ok = {
+            r: sum(v.get(r) == "ok" for v in robust.values()) for r in next(iter(robust.values()))
+        }
+        rows.append(
+            (
+                f"odd inputs read right, of {len(robust)} (tests/media.py corpus)",
+                f"PyAV {ok.get('pyav', 0)}",
+                ", ".join(f"{r} {n}" for r, n in ok.items() if r != "pyav"),
+                "-",
+            )
         )
-    ]
+    return rows
 
 
 def _pipeline_rows(p: dict[str, Any]) -> list[Row]:
@@ -252,6 +319,53 @@ def _review_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _review_load_rows(r: dict[str, Any]) -> list[Row]:
+    def ms(o: dict[str, Any], what: str) -> str:
+        return " / ".join(str(o[f"{what}_p{q}_ms"]) for q in (50, 95, 99))
+
+    rows: list[Row] = []
+    for backend in ("sqlite", "postgresql"):
+        b = r.get(backend)
+        if not b:
+            continue
+        if "skipped" in b:
+            rows.append((backend, "-", f"skipped: {b['skipped']}", "-"))
+            continue
+        counts = sorted(b, key=lambda k: int(k.split("_")[0]))  # "1_workers", "2_workers"
+        n1, n2 = counts[0], counts[-1]
+        one, two = b[n1], b[n2]
+        w1, w2 = (n.replace("1_workers", "1 worker").replace("_", " ") for n in (n1, n2))
+        for load, o1 in one["offered"].items():
+            o2 = two["offered"][load]
+            for what in ("claim", "decide"):
+                p95_1, p95_2 = o1[f"{what}_p95_ms"], o2[f"{what}_p95_ms"]
+                rows.append(
+                    (
+                        f"{backend}, {load} offered ({o1['annotators']} annotators): "
+                        f"{what} p50 / p95 / p99, ms",
+                        f"{w1} {ms(o1, what)}",
+                        f"{w2} {ms(o2, what)}",
+                        _x(p95_2 / p95_1 if p95_1 and p95_2 else None, "p95"),
+                    )
+                )
+        s1, s2 = one["saturation"], two["saturation"]
+        rows.append(
+            (
+                f"{backend}: saturation, decisions/s ({s1['clients']} clients, closed loop; "
+                f"duplicate claims {s1['duplicate_claims'] + s2['duplicate_claims']})",
+                f"{w1} {s1['decisions_per_s']}",
+                f"{w2} {s2['decisions_per_s']}",
+                _x(
+                    s2["decisions_per_s"] / s1["decisions_per_s"]
+                    if s1["decisions_per_s"]
+                    else None,
+                    f"{w2}/{w1}",
+                ),
+            )
+        )
+    return rows
+
+
 def _export_rows(e: dict[str, Any]) -> list[Row]:
     pyarrow = f"pyarrow to_pylist {e['pyarrow_read_rows_s']:.0f}"
     return [
@@ -304,6 +418,26 @@ def _export_rows(e: dict[str, Any]) -> list[Row]:
             _x(e["ratio_dataloader_over_pyarrow"], "DataLoader/pyarrow"),
         ),
     ]
+
+
+def _scale_rows(s: dict[str, Any]) -> list[Row]:
+    from bench.scale import LABELS
+
+    rows: list[Row] = []
+    small, large = str(s["sizes"][0]), str(s["sizes"][-1])
+    for step, per_clip in s["per_clip_ms"].items():
+        fit = s["fit"][step]
+        rows.append(
+            (
+                f"{LABELS.get(step, step)}, ms per clip ({small} -> {large} clips; fit "
+                f"{fit['per_clip_ms']:.2f} ms/clip + {fit['fixed_s']:.1f} s, 337K clips "
+                f"{fit['projected_337000_h']:.2f} h, 1M {fit['projected_1000000_h']:.2f} h)",
+                f"{small} clips {per_clip[small]:.2f}",
+                f"{large} clips {per_clip[large]:.2f}",
+                _x(per_clip[large] / per_clip[small] if per_clip[small] else None, "per clip"),
+            )
+        )
+    return rows
 
 
 def _scores_rows(d: dict[str, Any]) -> list[Row]:
@@ -365,7 +499,13 @@ class Benchmark:
 BENCHMARKS = {
     b.name: b
     for b in (
-        Benchmark("decode", "Frame sampling (bench/decode.py)", 10, _run_decode, _decode_rows),
+        Benchmark(
+            "decode",
+            "Frame readers: speed, robustness (bench/decode.py)",
+            90,
+            _run_decode,
+            _decode_rows,
+        ),
         Benchmark(
             "pipeline", "Ray overhead (bench/pipeline.py)", 30, _run_pipeline, _pipeline_rows
         ),
@@ -382,6 +522,13 @@ BENCHMARKS = {
         Benchmark("camera", "Camera estimation (bench/camera.py)", 30, _run_camera, _camera_rows),
         Benchmark("review", "Review queue (bench/review.py)", 60, _run_review, _review_rows),
         Benchmark(
+            "review_load",
+            "Review queue at offered load, 1 vs 2 workers (bench/review_load.py)",
+            720,
+            _run_review_load,
+            _review_load_rows,
+        ),
+        Benchmark(
             "export",
             "Export and training feed (bench/export.py)",
             60,
@@ -391,7 +538,15 @@ BENCHMARKS = {
         Benchmark(
             "scores", "Curation score stages (bench/scores.py)", 90, _run_scores, _scores_rows
         ),
+        Benchmark(
+            "scale",
+            "Scale: cost per clip, 200 to 5,000 clips (bench/scale.py)",
+            300,
+            _run_scale,
+            _scale_rows,
+        ),
         Benchmark("dedup", "Near-duplicate grouping (bench/dedup.py)", 15, _run_dedup, _dedup_rows),
+        Benchmark("resume", "Resume at scale (bench/resume.py)", 300, _run_resume, _resume_rows),
         Benchmark("gpu", "Depth and SAM 2 on a GPU (bench/gpu.py)", 420, _run_gpu, _gpu_rows),
     )
 }

@@ -15,7 +15,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from annotators import Annotator, AnnotatorConfig, FrameSampling, Resources, config_hash
+from annotators.keyframes import (
+    GRID_FIELD,
+    GridConflict,
+    sets_grid_by_hand,
+    stage_sampling,
+    with_grid,
+)
 from pipeline.curation import CurationConfig, StageFilters, score_writers, stage_filters
+from schemas import FrameGrid
 
 
 class RecipeError(ValueError):
@@ -41,11 +49,14 @@ class SpanConfig(BaseModel):
         return self
 
 
-Reader = Literal["decord", "pyav"]
+Reader = Literal["pyav", "decord", "decord2", "torchcodec"]
 
 
 def _default_readers() -> list[Reader]:
-    return ["decord", "pyav"]
+    # PyAV is the only reader that decoded every input of the odd-input corpus right
+    # (docs/benchmarks.md, "Video decoders") at the same speed as the others; decord,
+    # decord2 and torchcodec stay available by name in a recipe's `readers`.
+    return ["pyav"]
 
 
 class StageConfig(BaseModel):
@@ -70,6 +81,11 @@ class Recipe(BaseModel):
         default=None, description="artifact store URI (default RUN_DIR/artifacts)"
     )
     stages: list[StageConfig] = Field(min_length=1)
+    # One set of timestamps for every condition stage (depth, pose, identities, camera,
+    # plugins): {fps: 8} or {num_frames: 49}, optionally size (longest side). None: each
+    # stage samples by its own ``sampling``, as before.
+    # (left out of the recipe's hash when None: grid-less recipes keep their hashes)
+    frame_grid: FrameGrid | None = Field(default=None, exclude_if=lambda v: v is None)
     # Filters and near-duplicates. Not in any stage's hash: a new threshold re-decides from
     # the stored scores, nothing is scored again.
     curation: CurationConfig | None = None
@@ -274,18 +290,28 @@ def _resolve(recipe: Recipe, registry: Mapping[str, type[Annotator]]) -> Resolve
                 "package installed, see docs/adding-a-condition-type.md)"
             )
         config: AnnotatorConfig | None = None
-        if cls is not None:
+        if cls is not None and sets_grid_by_hand(stage.params):
+            problems.append(
+                f"{where}.params.{GRID_FIELD}: set frame_grid at the top of the recipe "
+                "(it applies to every condition stage)"
+            )
+        elif cls is not None:
             try:
-                config = cls.Config.model_validate(stage.params)
+                config = with_grid(cls.Config.model_validate(stage.params), recipe.frame_grid)
             except ValidationError as e:
                 problems.extend(_format_errors(e, f"{where}.params"))
+        sampling: FrameSampling | None = None
+        if cls is not None:
+            try:
+                sampling = stage_sampling(cls, stage.sampling, recipe.frame_grid)
+            except GridConflict as e:
+                problems.extend(f"{where}.sampling.{f}: {e.reason}" for f in e.fields)
         if missing:
             problems.append(f"{where}.depends_on: {missing} are not earlier stages")
-        if cls is None or config is None or missing:
+        if cls is None or config is None or sampling is None or missing:
             continue  # reported above
         if any(d not in hashes for d in stage.depends_on):
             continue  # an earlier stage it reads is invalid: that stage's error is reported
-        sampling = stage.sampling or cls.default_sampling
         resources = stage.resources or cls.default_resources
         digest = stage_hash(
             cls, config, sampling, recipe.readers, {d: hashes[d] for d in stage.depends_on}

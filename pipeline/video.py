@@ -1,4 +1,5 @@
-"""Video probing and frame sampling: the only module that opens decoders (PyAV and decord).
+"""Video probing and frame sampling: the only module that opens decoders (PyAV, decord or its
+maintained fork decord2, and torchcodec).
 
 It owns the conventions every stage relies on: the timeline (seconds from the video stream's
 first presentation time), the rotation convention, and how wanted moments map to real frames.
@@ -44,9 +45,11 @@ import numpy as np
 from annotators.base import FrameSampling
 
 __all__ = [
+    "DEFAULT_READERS",
     "READERS",
     "ClipTooShort",
     "DecodeError",
+    "Decord2Reader",
     "DecordReader",
     "EmptyFile",
     "FrameReader",
@@ -56,6 +59,7 @@ __all__ = [
     "PyAVReader",
     "ReaderUnavailable",
     "SampledFrames",
+    "TorchCodecReader",
     "UnreadableSource",
     "VideoError",
     "VideoInfo",
@@ -78,10 +82,27 @@ DECORD_CHUNK = 32
 # the last few pts of a prefix can be missing, so that many are dropped before judging.
 PROBE_PACKETS = 240
 PROBE_REORDER_SLACK = 16
-# Containers decord 0.6.0 cannot seek in: it seeks by timestamp without an index and, in
+# Containers decord cannot seek in: it seeks by timestamp without an index and, in
 # MPEG-TS, lands a GOP late and hands back the wrong frames without an error (or
-# fails with "Unable to handle EOF"). PyAV reads them (see _decode_wanted).
+# fails with "Unable to handle EOF"). decord 0.6.0 and decord2 3.4 alike (measured: see
+# docs/benchmarks.md). PyAV reads them (see _decode_wanted).
 DECORD_UNSEEKABLE = frozenset({"mpegts"})
+# The readers sample_frames tries by default. PyAV: in the measurements (docs/benchmarks.md,
+# "Video decoders") decord, decord2 and torchcodec cost the same CPU per sampled frame within
+# a few percent, and PyAV is the one reader that reads every odd input right (decord fails
+# AV1 and tiny frames, none of the others can seek MPEG-TS). The others stay available by
+# name, e.g. readers=("decord", "pyav"). Recipes carry their own list (pipeline.recipe).
+DEFAULT_READERS: tuple[str, ...] = ("pyav",)
+# torchcodec reports each frame's pts in seconds; a frame it hands back for a wanted time must
+# carry that time within this distance, or the read fails (it seeks MPEG-TS a GOP late).
+TORCHCODEC_PTS_EPS_S = 1e-4
+# torchcodec's seek mode. "approximate" (no scan) turns times into frame indices by the
+# average frame rate and fails on VFR files (an index past the end) and MPEG-TS (decoding
+# past the end); "exact" scans the packets at open, like decord and our PyAV index.
+TORCHCODEC_SEEK_MODE = "exact"
+# Containers torchcodec 0.17 cannot seek in either: in MPEG-TS it returns frames a GOP late
+# (caught by the pts check) or fails at the end of the file (measured: docs/benchmarks.md).
+TORCHCODEC_UNSEEKABLE = frozenset({"mpegts"})
 # 0 lets FFmpeg pick the number of decoding threads.
 DECODE_THREADS = 0
 # PyAV decodes with slice threads only by default; most camera H.264 has a single slice per
@@ -135,7 +156,8 @@ class ClipTooShort(VideoError):
 
 
 class ReaderUnavailable(DecodeError):
-    """A reader's package is not installed (decord has no macOS / aarch64 wheels)."""
+    """A reader's package is not installed or cannot load (decord has no macOS / aarch64
+    wheels; torchcodec needs FFmpeg's shared libraries, 4 to 9, on the machine)."""
 
     error_type: ClassVar[str] = "ReaderUnavailable"
 
@@ -494,10 +516,21 @@ def _decord() -> Any:
     try:
         import decord
     except ImportError as e:  # no wheels for macOS / aarch64
-        raise ReaderUnavailable(f"decord is not installed: {e}") from e
+        raise ReaderUnavailable(
+            f"decord is not installed ({e}): pip install 'any2capins[build]' (decord2) or decord"
+        ) from e
     # Errors reach us as exceptions; FFmpeg's per-packet complaints would only flood stderr.
     decord.logging.set_level(decord.logging.QUIET)
     return decord
+
+
+def decord_build() -> str:
+    """Which package provides the ``decord`` module: ``"decord"`` (0.6.x, 2021) or
+    ``"decord2"`` (the maintained fork, 1.0 and later, same module name; the two cannot be
+    installed side by side). Raises :class:`ReaderUnavailable` when neither is."""
+    version = str(getattr(_decord(), "__version__", "0"))
+    major = version.split(".", 1)[0]
+    return "decord2" if major.isdigit() and int(major) >= 1 else "decord"
 
 
 @functools.cache
@@ -508,21 +541,35 @@ def _decord_rotates() -> bool:
     FFmpeg transpose filters *before* scaling to width x height). Builds without that code
     would hand back coded frames; a two-frame rotated clip tells them apart, once per process.
     """
+    decord = _decord()
+
+    def shape(path: str) -> tuple[int, ...]:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0))
+        out = tuple(vr[0].shape)
+        del vr
+        return out
+
+    return _turns_frames_itself(shape)
+
+
+def _turns_frames_itself(first_frame_shape: Callable[[str], tuple[int, ...]]) -> bool:
+    """Whether a decoder hands back frames turned by the display rotation: it decodes a
+    two-frame 32x16 clip a player shows turned by 90 degrees, once per decoder and process."""
     if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
         return True  # cannot write a test clip with this PyAV; 0.6.0 behaviour is the norm
-    decord = _decord()
     fd, path = tempfile.mkstemp(suffix=".mp4", prefix="any2cap-rotcheck-")
     os.close(fd)
     try:
-        return _decord_rotates_clip(decord, path)
+        _write_rotated_clip(path)
+        return first_frame_shape(path)[:2] == (32, 16)
     except Exception:  # noqa: BLE001 - the check itself failing must not stop decoding
-        # Assume 0.6.0 behaviour; _result's shape check still catches a 90/270 mismatch.
+        # Assume the decoder turns frames; _result's shape check still catches a 90/270 mismatch.
         return True
     finally:
         os.unlink(path)
 
 
-def _decord_rotates_clip(decord: Any, path: str) -> bool:
+def _write_rotated_clip(path: str) -> None:
     with av.open(path, "w") as out:
         stream = out.add_stream("mpeg4", rate=10)
         stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
@@ -532,14 +579,12 @@ def _decord_rotates_clip(decord: Any, path: str) -> bool:
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
-    vr = decord.VideoReader(path, ctx=decord.cpu(0))
-    shape = tuple(vr[0].shape)
-    del vr
-    return shape[:2] == (32, 16)
 
 
 class DecordReader:
-    """decord's VideoReader, opened per call.
+    """decord's VideoReader, opened per call, from whichever package provides the ``decord``
+    module: decord 0.6.0 or its maintained fork decord2 (``SampledFrames.reader`` names the
+    one that read, so provenance tells them apart).
 
     A reader is never cached: decord keeps memory after get_batch until the reader is
     freed. decord builds its own index by reading every packet at open, counts a frame per
@@ -553,9 +598,10 @@ class DecordReader:
     def read(
         self, path: str, info: VideoInfo, start_s: float, end_s: float, sampling: FrameSampling
     ) -> SampledFrames:
+        build = self._build()
         if info.container in DECORD_UNSEEKABLE:
             raise ReaderUnavailable(
-                f"decord cannot seek in {info.container} files (it returns frames from the "
+                f"{build} cannot seek in {info.container} files (it returns frames from the "
                 "wrong GOP); read by PyAV"
             )
         decord = _decord()
@@ -572,7 +618,7 @@ class DecordReader:
         try:
             count = len(vr)
             if count == 0:
-                raise DecodeError(f"{info.uri}: decord found no frames")
+                raise DecodeError(f"{info.uri}: {build} found no frames")
             raw = vr.get_frame_timestamp(np.arange(count))[:, 0].astype(np.float64)
             # decord counts edit-list pre-roll packets (before time 0) as frames; skip them.
             first = int(np.searchsorted(raw, -SPAN_EPS_S / 2, side="left"))
@@ -586,6 +632,166 @@ class DecordReader:
             del vr
         frames = _rotate(np.concatenate(chunks, axis=0), turn)
         stamps = [round(float(times[i]), 6) for i in picked]
+        return _result(frames, info, size, stamps, picked, build)
+
+    def _build(self) -> str:
+        return decord_build()
+
+
+class Decord2Reader(DecordReader):
+    """decord2 only: chosen by name, it refuses decord 0.6.0 rather than read with it."""
+
+    name = "decord2"
+
+    def _build(self) -> str:
+        build = decord_build()
+        if build != "decord2":
+            raise ReaderUnavailable(
+                f"decord2 is not installed: the decord module here is decord "
+                f"{getattr(_decord(), '__version__', '?')} (pip uninstall decord && "
+                "pip install decord2; the two install the same module)"
+            )
+        return build
+
+
+# --------------------------------------------------------------------------- torchcodec
+
+
+def _torchcodec() -> Any:
+    """torchcodec's VideoDecoder class, or :class:`ReaderUnavailable` saying why not.
+
+    torchcodec loads FFmpeg's shared libraries (major versions 4 to 9) from the machine the
+    first time a decoder is made (``import torchcodec`` works without them); its wheels
+    bundle none, so ``pip install torchcodec`` alone is not enough on a machine without them
+    (Debian 12: apt-get install libavcodec59 libavformat59 libavutil57 libswscale6
+    libswresample4 libavdevice59 libavfilter8). It must also match torch. Both are checked
+    once per process by opening a two-frame clip; the outcome is remembered.
+    """
+    if not _TORCHCODEC:
+        _TORCHCODEC.append(_load_torchcodec())
+    outcome = _TORCHCODEC[0]
+    if isinstance(outcome, ReaderUnavailable):
+        raise ReaderUnavailable(str(outcome))
+    return outcome
+
+
+# The outcome of loading torchcodec in this process: its VideoDecoder class or the error.
+_TORCHCODEC: list[Any] = []
+
+
+def _cannot_load(e: BaseException) -> ReaderUnavailable:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ReaderUnavailable(
+        "torchcodec is installed but cannot load: it needs FFmpeg's shared libraries "
+        "(libavcodec etc., FFmpeg 4 to 9) on the machine and the torch it was built for "
+        f"({type(e).__name__}: {first})"
+    )
+
+
+def _load_torchcodec() -> Any:
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except ImportError as e:
+        return ReaderUnavailable(
+            f"torchcodec is not installed ({e}): pip install 'any2capins[torchcodec]'"
+        )
+    except (OSError, RuntimeError) as e:  # its torch or FFmpeg libraries cannot be loaded
+        return _cannot_load(e)
+    fd, path = tempfile.mkstemp(suffix=".mp4", prefix="any2cap-tccheck-")
+    os.close(fd)
+    try:
+        _write_rotated_clip(path)
+        VideoDecoder(path, device="cpu", seek_mode="approximate")
+    except (OSError, RuntimeError, ImportError) as e:
+        return _cannot_load(e)
+    finally:
+        os.unlink(path)
+    return VideoDecoder
+
+
+@functools.cache
+def _torchcodec_rotates() -> bool:
+    """Whether this torchcodec turns frames by the display rotation (0.17 does)."""
+    decoder = _torchcodec()
+
+    def shape(path: str) -> tuple[int, ...]:
+        dec = decoder(path, dimension_order="NHWC", device="cpu", seek_mode="approximate")
+        return tuple(dec.get_frame_at(0).data.shape)
+
+    return _turns_frames_itself(shape)
+
+
+class TorchCodecReader:
+    """torchcodec's VideoDecoder (PyTorch's decoder, FFmpeg underneath), opened per call.
+
+    The frame timeline comes from PyAV's packet pass (:class:`_FrameIndex`, no decoding), so
+    every reader picks the same frames; torchcodec then decodes each wanted frame by its
+    presentation time (``get_frames_played_at``; exact seek mode, see TORCHCODEC_SEEK_MODE).
+    Every frame it returns must carry the wanted pts: in MPEG-TS it seeks a GOP late and
+    returns other frames, which fails the read here (sample_frames then tries the next reader).
+    """
+
+    name = "torchcodec"
+
+    def read(
+        self, path: str, info: VideoInfo, start_s: float, end_s: float, sampling: FrameSampling
+    ) -> SampledFrames:
+        decoder = _torchcodec()
+        if info.container in TORCHCODEC_UNSEEKABLE:
+            raise ReaderUnavailable(
+                f"torchcodec cannot seek in {info.container} files (it returns frames from "
+                "the wrong GOP or runs past the end); read by PyAV"
+            )
+        turns = _torchcodec_rotates()
+        size = output_size(info, sampling.max_side)
+        try:
+            container = av.open(path, mode="r", metadata_errors="ignore")
+        except av.FFmpegError as e:
+            raise DecodeError(f"{info.uri}: PyAV cannot open the file: {e}") from e
+        with container:
+            stream = _video_stream(container, info.uri)
+            index = _FrameIndex.build(container, stream)
+            time_base = stream.time_base or Fraction(1, av.time_base)
+            stream_index = stream.index
+        picked = pick_indices(index.times, start_s, end_s, sampling)
+        # torchcodec's timeline is the stream's own pts (not shifted to start at 0).
+        wanted = [float(index.pts[i] * time_base) for i in picked]
+        # Ask for a moment a little inside each frame: torchcodec turns pts into seconds by a
+        # float product that may land an ulp past the exact value and yield the frame before.
+        after = [
+            float(index.pts[i + 1] * time_base) if i + 1 < len(index.pts) else w + 2e-5
+            for i, w in zip(picked, wanted, strict=True)
+        ]
+        asked = [w + min((a - w) / 4, 1e-5) for w, a in zip(wanted, after, strict=True)]
+        dec = decoder(
+            path,
+            stream_index=stream_index,
+            dimension_order="NHWC",
+            num_ffmpeg_threads=DECODE_THREADS,
+            device="cpu",
+            seek_mode=TORCHCODEC_SEEK_MODE,
+        )
+        batch = dec.get_frames_played_at(asked)
+        got = [float(t) for t in batch.pts_seconds.tolist()]
+        wrong = [
+            (w, g) for w, g in zip(wanted, got, strict=True) if abs(w - g) > TORCHCODEC_PTS_EPS_S
+        ]
+        if wrong:
+            shown = ", ".join(f"{g:.3f}s for {w:.3f}s" for w, g in wrong[:4])
+            raise DecodeError(
+                f"{info.uri}: torchcodec returned other frames than asked for "
+                f"({len(wrong)} of {len(wanted)}: {shown})"
+            )
+        raw: np.ndarray = batch.data.numpy()
+        turn = 0 if turns else info.rotation
+        # Frames come out turned when torchcodec turns them: resize to the display size then.
+        want_w, want_h = (size[1], size[0]) if turn in (90, 270) else size
+        if raw.shape[1:3] != (want_h, want_w):
+            raw = np.stack(
+                [cv2.resize(f, (want_w, want_h), interpolation=cv2.INTER_AREA) for f in raw]
+            )
+        frames = _rotate(np.ascontiguousarray(raw), turn)
+        stamps = [round(float(index.times[i]), 6) for i in picked]
         return _result(frames, info, size, stamps, picked, self.name)
 
 
@@ -786,7 +992,12 @@ def _decode_run(
             return
 
 
-READERS: dict[str, FrameReader] = {"decord": DecordReader(), "pyav": PyAVReader()}
+READERS: dict[str, FrameReader] = {
+    "decord": DecordReader(),
+    "decord2": Decord2Reader(),
+    "torchcodec": TorchCodecReader(),
+    "pyav": PyAVReader(),
+}
 
 
 def sample_frames(
@@ -795,13 +1006,15 @@ def sample_frames(
     start_s: float,
     end_s: float,
     sampling: FrameSampling,
-    readers: Sequence[str] = ("decord", "pyav"),
+    readers: Sequence[str] = DEFAULT_READERS,
 ) -> SampledFrames:
     """Frames of [start_s, end_s) from the first reader that manages (see SampledFrames).
 
     ``info`` must come from :func:`probe_video` on the same file: decord may abort the process
     on input FFmpeg cannot parse, and the probe is what rules that out. A reader that is not
-    installed is skipped. When every reader fails the error is a :class:`DecodeError` naming
+    installed is skipped when another reader follows it; a reader asked for alone that is
+    not installed (or cannot load) fails with :class:`ReaderUnavailable` saying why, never
+    falling back to another. When every reader fails the error is a :class:`DecodeError` naming
     each reader's error, except that a span past the end raises :class:`ClipTooShort`.
     """
     if not end_s > start_s:
@@ -824,6 +1037,11 @@ def sample_frames(
     # A span past the end is the span's fault, not the decoders'.
     if errors and all(isinstance(e, ClipTooShort) for e in errors):
         raise errors[0]
+    if not errors:  # no reader could even try: name what is missing, fall back to nothing
+        raise ReaderUnavailable(
+            f"{info.uri}: no reader available for frames {start_s:.3f}-{end_s:.3f}s: "
+            + "; ".join(failures)
+        )
     raise DecodeError(
         f"{info.uri}: no reader could decode frames {start_s:.3f}-{end_s:.3f}s: "
         + "; ".join(failures)

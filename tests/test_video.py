@@ -34,7 +34,29 @@ from tests import media
 
 HAS_DECORD = importlib.util.find_spec("decord") is not None
 needs_decord = pytest.mark.skipif(not HAS_DECORD, reason="decord is not installed here")
-READERS = [pytest.param("decord", marks=needs_decord), "pyav"]
+
+
+def _torchcodec_loads() -> bool:
+    try:
+        video._torchcodec()
+    except ReaderUnavailable:
+        return False
+    return True
+
+
+needs_torchcodec = pytest.mark.skipif(
+    not _torchcodec_loads(), reason="torchcodec (or the FFmpeg libraries it loads) is not here"
+)
+READERS = [
+    pytest.param("decord", marks=needs_decord),
+    pytest.param("torchcodec", marks=needs_torchcodec),
+    "pyav",
+]
+
+
+def _label(reader: str) -> str:
+    """The name a read records: the decord reader names the package (decord or decord2)."""
+    return video.decord_build() if reader == "decord" else reader
 
 
 @pytest.fixture(scope="session")
@@ -202,7 +224,9 @@ def test_corrupt_midstream(clips: dict[str, Path]) -> None:
     # Over the whole clip the damaged frames cannot be produced: a DecodeError that names
     # each reader's failure (never a crash, never a raw decoder exception).
     try:
-        whole = sample_frames(str(path), info, 0.0, info.duration_s, FrameSampling(num_frames=48))
+        whole = sample_frames(
+            str(path), info, 0.0, info.duration_s, FrameSampling(num_frames=48), ("decord", "pyav")
+        )
     except DecodeError as e:
         assert "pyav" in str(e)
         if HAS_DECORD:
@@ -224,7 +248,7 @@ def test_pyav_skips_bad_packets_and_names_missing_frames(clips: dict[str, Path])
 @pytest.mark.parametrize("reader", READERS)
 def test_sampled_frames_are_the_right_frames(clips: dict[str, Path], reader: str) -> None:
     got = sample(clips["good"], reader, num_frames=16)
-    assert got.reader == reader
+    assert got.reader == _label(reader)
     assert got.frames.shape == (16, 240, 320, 3)
     assert got.frames.dtype == np.uint8
     # uniform: the frame nearest the centre of each of 16 equal parts (ties -> earlier)
@@ -413,7 +437,9 @@ def test_falls_back_to_pyav_when_decord_fails(
 ) -> None:
     monkeypatch.setitem(video.READERS, "decord", _Broken())
     info = probe(clips["good"])
-    got = sample_frames(str(clips["good"]), info, 0.0, 2.0, FrameSampling(num_frames=4))
+    got = sample_frames(
+        str(clips["good"]), info, 0.0, 2.0, FrameSampling(num_frames=4), ("decord", "pyav")
+    )
     assert got.reader == "pyav"
     assert [media.read_stamp(f) for f in got.frames] == got.indices
 
@@ -425,7 +451,7 @@ def test_all_readers_failing_is_a_decode_error_naming_each(
     monkeypatch.setitem(video.READERS, "pyav", _Broken())
     info = probe(clips["good"])
     with pytest.raises(DecodeError) as caught:
-        sample_frames(str(clips["good"]), info, 0.0, 2.0, FrameSampling())
+        sample_frames(str(clips["good"]), info, 0.0, 2.0, FrameSampling(), ("decord", "pyav"))
     assert "decord: RuntimeError: decoder exploded" in str(caught.value)
     assert "pyav: RuntimeError: decoder exploded" in str(caught.value)
 
@@ -436,7 +462,9 @@ def test_missing_decord_is_skipped(clips: dict[str, Path], monkeypatch: pytest.M
 
     monkeypatch.setattr(video, "_decord", unavailable)
     info = probe(clips["good"])
-    got = sample_frames(str(clips["good"]), info, 0.0, 2.0, FrameSampling(num_frames=2))
+    got = sample_frames(
+        str(clips["good"]), info, 0.0, 2.0, FrameSampling(num_frames=2), ("decord", "pyav")
+    )
     assert got.reader == "pyav"
     with pytest.raises(DecodeError, match="skipped"):
         sample_frames(str(clips["good"]), info, 0.0, 2.0, FrameSampling(), readers=("decord",))

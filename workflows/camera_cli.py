@@ -24,7 +24,7 @@ from annotators.camera import (
 )
 from annotators.camera.formats import FORMATS, parse_motionctrl
 from annotators.camera.labels import MotionAnalysis
-from pipeline.video import VideoError, local_video, probe_video, sample_frames
+from pipeline.video import DEFAULT_READERS, VideoError, local_video, probe_video, sample_frames
 
 camera_app = typer.Typer(
     help="Camera trajectories: motion labels of camera files, estimation from videos.",
@@ -121,7 +121,7 @@ def estimate(
             if not 0 <= s0 < s1:
                 err.print(f"[red]error:[/red] empty span {s0}-{s1} s")
                 raise typer.Exit(2)
-            sampled = sample_frames(path, info, s0, s1, sampling, ("decord", "pyav"))
+            sampled = sample_frames(path, info, s0, s1, sampling, DEFAULT_READERS)
     except VideoError as e:
         err.print(f"[red]error:[/red] {type(e).__name__}: {e}")
         raise typer.Exit(2) from e

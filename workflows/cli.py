@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -13,16 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from annotators import MissingDependency
-from pipeline.recipe import RecipeError
 from pipeline.rundir import RunDir, RunDirBusy
 from pipeline.sources import SourceError, list_sources
-from workflows.camera_cli import camera_app
-from workflows.captions_cli import captions_app
-from workflows.eval import eval_app
-from workflows.export.cli import export as export_command
-from workflows.export.cli import shards_app
-from workflows.models_cli import models_app
-from workflows.review.cli import review_app
 
 app = typer.Typer(
     help="Build Any2CapIns-style datasets: conditions, structured captions, review, shards.",
@@ -31,16 +25,133 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-app.add_typer(captions_app, name="captions")
-app.add_typer(camera_app, name="camera")
-app.add_typer(eval_app, name="eval")
-app.add_typer(shards_app, name="shards")
-app.add_typer(review_app, name="review")
-app.add_typer(models_app, name="models")
-app.command("export")(export_command)
 
 err = Console(stderr=True)
 out = Console()
+
+# The extra (pyproject.toml) that brings in each optional top-level package: a command whose
+# package is missing says which extra to install instead of failing with an ImportError.
+EXTRA_OF_PACKAGE = {
+    **dict.fromkeys(
+        (
+            "ray", "transformers", "torchvision", "onnxruntime", "rapidocr_onnxruntime", "cv2",
+            "decord", "av", "scenedetect", "pandas", "PIL", "matplotlib", "huggingface_hub",
+            "snowballstemmer", "threadpoolctl", "aiohttp",
+        ),
+        "build",
+    ),
+    **dict.fromkeys(("torch", "webdataset"), "train"),
+    "openai": "captions",
+    **dict.fromkeys(
+        (
+            "sqlalchemy", "alembic", "fastapi", "uvicorn", "jinja2", "multipart",
+            "python_multipart", "psycopg", "argon2", "httpx", "starlette",
+        ),
+        "review",
+    ),
+    "s3fs": "s3",
+    "torchcodec": "torchcodec",
+}  # fmt: skip
+# Commands and the extra they are documented to need (for the message when the missing
+# package is not one the table above knows).
+COMMAND_EXTRA = {
+    "build": "build",
+    "captions": "captions",
+    "camera": "build",
+    "eval": "build",
+    "export": "review",
+    "shards": "review",
+    "review": "review",
+    "models": "build",
+}
+
+
+def missing_extra_message(command: str, e: ModuleNotFoundError) -> str:
+    """What to install when ``command`` cannot import the package ``e`` names."""
+    package = (e.name or "").split(".", 1)[0]
+    extra = EXTRA_OF_PACKAGE.get(package, COMMAND_EXTRA.get(command, "all"))
+    return (
+        f"any2cap {command} needs the {extra!r} extra, which is not installed here "
+        f"(no module {package or e.name!r}): install any2capins[{extra}] "
+        f"(pip install 'any2capins[{extra}]'; everything: any2capins[all])"
+    )
+
+
+def _exit_missing_extra(command: str, e: ModuleNotFoundError) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(missing_extra_message(command, e))}")
+    raise typer.Exit(2) from e
+
+
+def _add_unavailable(command: str, e: ModuleNotFoundError) -> None:
+    """Register ``command`` as a stand-in that takes any arguments and only says which extra
+    it needs (a command group would first fail on its unknown subcommand)."""
+    message = missing_extra_message(command, e)
+
+    @app.command(
+        command,
+        help=f"(not installed) {escape(message)}",
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def _missing(args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
+        _exit_missing_extra(command, e)
+
+
+def _register_optional_commands() -> None:
+    """Add the commands whose modules need an extra; one whose extra is missing is still
+    listed, and answers with what to install."""
+    groups = {
+        "captions": ("workflows.captions_cli", "captions_app"),
+        "camera": ("workflows.camera_cli", "camera_app"),
+        "eval": ("workflows.eval", "eval_app"),
+        "shards": ("workflows.export.cli", "shards_app"),
+        "review": ("workflows.review.cli", "review_app"),
+        "models": ("workflows.models_cli", "models_app"),
+    }
+    for name, (module, attr) in groups.items():
+        try:
+            _check_extra(name)
+            app.add_typer(getattr(importlib.import_module(module), attr), name=name)
+        except ModuleNotFoundError as e:
+            if not _is_third_party(e):
+                raise
+            _add_unavailable(name, e)
+    try:
+        _check_extra("export")
+        from workflows.export.cli import export as export_command
+    except ModuleNotFoundError as e:
+        if not _is_third_party(e):
+            raise
+        _add_unavailable("export", e)
+    else:
+        app.command("export")(export_command)
+
+
+# Packages a command's extra must provide. Command modules import their heavy dependencies
+# lazily (so that the shard reader stays light), so importing the module alone does not show
+# that a `review serve` would fail on FastAPI later.
+KEY_PACKAGES = {
+    "build": ("ray", "av", "cv2"),
+    "captions": ("openai",),
+    "review": ("sqlalchemy", "fastapi", "uvicorn"),
+}
+
+
+def _check_extra(command: str) -> None:
+    """Raise ModuleNotFoundError naming the first key package of ``command``'s extra that is
+    not installed."""
+    for package in KEY_PACKAGES.get(COMMAND_EXTRA.get(command, ""), ()):
+        if importlib.util.find_spec(package) is None:
+            raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+
+
+def _is_third_party(e: ModuleNotFoundError) -> bool:
+    """A missing package, not a missing module of this project (that is a bug to raise)."""
+    top = (e.name or "").split(".", 1)[0]
+    return bool(top) and top not in ("annotators", "pipeline", "schemas", "workflows")
+
+
+_register_optional_commands()
 
 
 @app.command()
@@ -73,10 +184,16 @@ def build(
     ] = False,
 ) -> None:
     """Run RECIPE over the clips in INPUT into RUN_DIR; re-running resumes."""
-    from pipeline.build import run_build
-    from pipeline.fit import ResourceRefusal
-    from workflows.progress_display import make_display
-    from workflows.recipes import load_recipe
+    try:
+        from pipeline.build import run_build
+        from pipeline.fit import ResourceRefusal
+        from pipeline.recipe import RecipeError
+        from workflows.progress_display import make_display
+        from workflows.recipes import load_recipe
+    except ModuleNotFoundError as e:
+        if not _is_third_party(e):
+            raise
+        _exit_missing_extra("build", e)
 
     if executor not in ("ray", "local"):
         err.print(f"[red]unknown executor {executor!r} (ray or local)")
@@ -131,6 +248,10 @@ def build(
     data = report.model_dump(mode="json")
     _print_report(data)
     err.print(f"report: {os.path.join(report.run_dir, 'report.json')}")
+    from workflows.review import regeneration_hint  # reviewers may wait for new text
+
+    if (waiting := regeneration_hint(report.run_dir)) is not None:
+        err.print(waiting, markup=False)
     if report.clips_in and report.failed == report.clips_in:
         err.print("[red]every clip failed[/red]")
         raise typer.Exit(1)

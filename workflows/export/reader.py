@@ -1,5 +1,9 @@
 """The training feed: a PyTorch IterableDataset over exported shards.
 
+torch is optional: with the core install alone (no ``[train]`` extra) ``ShardDataset`` is a
+plain iterable that reads the text fields (``decode=False``) in one reader per process (or
+the rank given), and asking it to decode payloads into tensors says which extra to install.
+
 Work is split by Parquet row group (at most ``ROW_GROUP_ROWS`` rows; the manifest lists each
 shard's groups) across DataLoader workers and distributed ranks without overlap: with at
 least as many row groups as readers each reader takes whole groups, otherwise each takes
@@ -15,25 +19,75 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from annotators.conditions import condition_types
 from pipeline.storage import Storage, read_payload
-from schemas import CAPTION_COMPONENTS, Conditions, PayloadRef, ShardRow, from_table
+from schemas import (
+    CAPTION_COMPONENTS,
+    Conditions,
+    PayloadRef,
+    ShardRow,
+    arrow_schema,
+    from_table,
+)
 from schemas._arrow import check_schema_version, from_arrow_row
 from workflows.export.shards import MANIFEST, row_groups_of
 
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from torch.utils.data import IterableDataset
+else:
+    try:
+        from torch.utils.data import IterableDataset
+    except ModuleNotFoundError:  # the core install: see the module's docstring
+
+        class IterableDataset(Generic[_T]):
+            """Stands in for torch's base class where torch is not installed."""
+
+
+TRAIN_EXTRA_NEEDED = (
+    "ShardDataset(decode=True) returns tensors and needs torch and OpenCV: install "
+    "any2capins[train], or read the text fields with decode=False"
+)
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
 
 def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if _has_torch():
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _worker_slot() -> tuple[int, int]:
+    """(DataLoader workers, this worker's id); (1, 0) outside a DataLoader worker."""
+    if not _has_torch():
+        return 1, 0
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return (info.num_workers, info.id) if info is not None else (1, 0)
+
+
+def _tensor(array: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _decode_image(data: bytes) -> np.ndarray:
@@ -72,6 +126,7 @@ def assign_units(units: list[_Unit], slot: int, readers: int) -> tuple[list[_Uni
 _BUILTIN_CONDITIONS = [name for name in Conditions.model_fields if name != "extra"]
 # what the text-only fast path reads: every column but the payload bytes
 _TEXT_COLUMNS = [name for name in ShardRow.model_fields if name != "payloads"]
+_PAYLOAD_FIELD = arrow_schema(ShardRow).field("payloads")
 
 
 class ShardDataset(IterableDataset[dict[str, Any]]):
@@ -79,10 +134,11 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
     payloads of the keyframes and the instance's conditions.
 
     ``validate=True`` (the default) checks every row against ``ShardRow`` as it is read.
-    ``validate=False`` is the fast path: a row group is read at once (without its payload
-    column when ``decode=False``) and its rows go out as plain dicts, the same samples
+    ``validate=False`` is the fast path: a row group is read at once and its rows go out as
+    plain dicts, the same samples
     without a pydantic model per row (the shards were validated when they were exported and
-    ``any2cap shards verify`` checks their schema).
+    ``any2cap shards verify`` checks their schema). Either way, with ``decode=False`` the
+    payload column (nearly all of a shard's bytes) is not read.
     """
 
     def __init__(
@@ -100,6 +156,8 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
     ) -> None:
         if shuffle_buffer < 1:
             raise ValueError("shuffle_buffer must be at least 1")
+        if decode and not _has_torch():
+            raise ModuleNotFoundError(TRAIN_EXTRA_NEEDED)
         self.storage = Storage(shards_dir)
         manifest = json.loads(self.storage.read(MANIFEST))
         self.shards = [
@@ -141,8 +199,7 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
         rank, world = _rank_world()
         rank = self._rank if self._rank is not None else rank
         world = self._world if self._world is not None else world
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        workers, worker = _worker_slot()
         return rank * workers + worker, world * workers
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -173,13 +230,18 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
             else:
                 table = self._read(unit)
             if self.validate:
+                if not self.decode:  # the payload column was not read: validated as empty
+                    table = table.append_column(
+                        _PAYLOAD_FIELD, pa.array([[]] * table.num_rows, _PAYLOAD_FIELD.type)
+                    )
                 yield from from_table(table, ShardRow)
             else:
                 check_schema_version(table.schema)
                 yield from table.to_pylist()
 
     def _read(self, unit: _Unit) -> pa.Table:
-        columns = None if self.validate or self.decode else _TEXT_COLUMNS
+        # without decoding, the payload bytes (nearly all of a shard) are not read at all
+        columns = None if self.decode else _TEXT_COLUMNS
         with self.storage.open(unit.path) as f:
             return pq.ParquetFile(f).read_row_group(unit.group, columns=columns)
 
@@ -222,7 +284,7 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
 
         if row.keyframes is not None and row.keyframes.frames:
             frames = [_decode_image(read(ref)) for ref in row.keyframes.frames]
-            sample["keyframes"] = torch.from_numpy(np.stack(frames))
+            sample["keyframes"] = _tensor(np.stack(frames))
         types = condition_types()
         for name in row.conditions.present():
             ctype = types.get(name)
@@ -232,7 +294,7 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
             if summary is None:
                 continue
             for key, array in ctype.decode_payload(summary, read).items():
-                sample[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(array))
+                sample[f"{name}.{key}"] = _tensor(array)
         return sample
 
     def _plain_sample(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +334,7 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
                 _decode_image(payloads[f["uri"]] if f["uri"] in payloads else read(PayloadRef(**f)))
                 for f in keyframes["frames"]
             ]
-            sample["keyframes"] = torch.from_numpy(np.stack(frames))
+            sample["keyframes"] = _tensor(np.stack(frames))
         if not present:
             return sample
         types = condition_types()
@@ -287,5 +349,5 @@ class ShardDataset(IterableDataset[dict[str, Any]]):
             if summary is None:
                 continue
             for key, array in ctype.decode_payload(summary, read).items():
-                sample[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(array))
+                sample[f"{name}.{key}"] = _tensor(array)
         return sample

@@ -19,11 +19,15 @@ killed export left.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
+import os
+import tempfile
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -43,10 +47,9 @@ from schemas import (
     arrow_schema,
     make_instance_id,
     payload_refs,
-    to_table,
     utc_now,
 )
-from schemas._arrow import SCHEMA_VERSION_KEY
+from schemas._arrow import SCHEMA_VERSION_KEY, _to_arrow_converter
 from workflows.export.formats.base import FORMATS, ShardFormat
 from workflows.review.text import apply_review
 
@@ -55,6 +58,12 @@ FORMAT = "any2capins-shards/1"
 EXPORTED_STATES = ("accepted", "edited")
 # Rows per Parquet row group: the unit the training reader splits work by (and reads at once).
 ROW_GROUP_ROWS = 256
+# Payload files read (and checked) ahead of the record being turned into rows, by
+# PAYLOAD_READERS threads (0: read as each record is built). Off by default: on 2 cores the
+# readers' Python half fought the row building and the writer for the GIL, and the export
+# was 30% slower with 4 readers than without (bench/export.py, A/B at load 3).
+PAYLOAD_READ_AHEAD = 32
+PAYLOAD_READERS = 0
 
 
 class ExportError(RuntimeError):
@@ -99,6 +108,12 @@ class PlannedInstance:
         return "+".join(self.condition_types) or "none"
 
 
+@functools.lru_cache(maxsize=8192)
+def _implicit_instance_id(clip_id: str, types: tuple[str, ...]) -> str:
+    # a uuid5 per call: an export asks for the same record's id several times
+    return make_instance_id(clip_id, list(types) or ["none"])
+
+
 def instances_of(record: Record) -> list[PlannedInstance]:
     """The record's instances, or for a recipe without instance planning (``instances`` is
     None) one implicit instance over its present conditions with the record's prompt."""
@@ -115,7 +130,7 @@ def instances_of(record: Record) -> list[PlannedInstance]:
     types = sorted(record.conditions.present())
     return [
         PlannedInstance(
-            make_instance_id(record.clip_id, types or ["none"]),
+            _implicit_instance_id(record.clip_id, tuple(types)),
             types,
             len(types) > 1,
             record.short_prompt,
@@ -161,16 +176,41 @@ def instance_conditions(conditions: Conditions, types: list[str]) -> Conditions:
     return conditions.model_copy(update=update)
 
 
-def shard_rows(item: Reviewed, embed: bool) -> list[ShardRow]:
+def _read_checked(ref: PayloadRef) -> bytes | Exception:
+    """The payload's bytes (checked against its sha256), or why they cannot be had."""
+    try:
+        return read_payload(ref)
+    except (OSError, ValueError) as e:
+        return e
+
+
+def record_payloads(record: Record) -> dict[str, bytes | Exception]:
+    """Every payload of the record's keyframes and conditions, read and checked: uri ->
+    bytes, or the error that reading it gave (:func:`shard_rows` reports it)."""
+    refs = [ref for _, ref in payload_refs(record.keyframes)]
+    refs += [ref for _, ref in payload_refs(record.conditions)]
+    out: dict[str, bytes | Exception] = {}
+    for ref in refs:
+        if ref.uri not in out:
+            out[ref.uri] = _read_checked(ref)
+    return out
+
+
+def shard_rows(
+    item: Reviewed, embed: bool, payloads_read: dict[str, bytes | Exception] | None = None
+) -> list[ShardRow]:
     """One row per instance of the reviewed record; raises :class:`IncompleteRecord` when
-    the caption, an instance's short prompt or a payload is missing (no row goes out then)."""
+    the caption, an instance's short prompt or a payload is missing (no row goes out then).
+
+    ``payloads_read``: the record's payloads already read (:func:`record_payloads`); any
+    other is read here."""
     record, review = item.record, item.review
     final = reviewed_record(record, review)
     caption = final.caption
     assert caption is not None  # reviewed_record checked it
     machine_instances = instances_of(record)
     rows: list[ShardRow] = []
-    cache: dict[str, bytes] = {}
+    cache: dict[str, bytes | Exception] = dict(payloads_read or {})
     for planned, machine in zip(instances_of(final), machine_instances, strict=True):
         if planned.short_prompt is None:
             raise IncompleteRecord(
@@ -183,15 +223,15 @@ def shard_rows(item: Reviewed, embed: bool) -> list[ShardRow]:
             refs: list[PayloadRef] = [ref for _, ref in payload_refs(final.keyframes)]
             refs += [ref for _, ref in payload_refs(conditions)]
             for ref in refs:
-                if ref.uri not in cache:
-                    try:
-                        cache[ref.uri] = read_payload(ref)
-                    except (OSError, ValueError) as e:
-                        raise IncompleteRecord(
-                            f"record {record.clip_id}: payload {ref.uri} cannot be read "
-                            f"({type(e).__name__}: {e})"
-                        ) from e
-                payloads[ref.uri] = cache[ref.uri]
+                got = cache.get(ref.uri)
+                if got is None:
+                    got = cache[ref.uri] = _read_checked(ref)
+                if isinstance(got, Exception):
+                    raise IncompleteRecord(
+                        f"record {record.clip_id}: payload {ref.uri} cannot be read "
+                        f"({type(got).__name__}: {got})"
+                    ) from got
+                payloads[ref.uri] = got
         edited = caption != record.caption or planned.short_prompt != machine.short_prompt
         # every part comes from the validated record and review: assembled, not validated
         # again (``model_construct``); the export checks what it adds (text, payloads) above
@@ -246,12 +286,127 @@ class _HashingBuffer(io.BytesIO):
         return super().write(data)
 
 
+class _HashingFile(io.RawIOBase):
+    """A write-only file over an open binary file: the sha256 and size of what is written
+    are computed as it is written (the shard is never read back to hash it)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        n = memoryview(data).nbytes
+        self.size += n
+        self._f.write(data)  # a buffered file writes everything or raises
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+_PAYLOADS = "payloads"
+
+
+@functools.cache
+def _shard_columns() -> tuple[pa.Schema, int, list[tuple[str, Any]]]:
+    """(the shard schema, the payload column's index, the other columns' converters)."""
+    schema = arrow_schema(ShardRow)
+    annotations: dict[str, Any] = {
+        name: f.annotation for name, f in ShardRow.model_fields.items() if name != _PAYLOADS
+    }
+    convs = [(name, _to_arrow_converter(tp)) for name, tp in annotations.items()]
+    return schema, schema.get_field_index(_PAYLOADS), [(n, c) for n, c in convs if c is not None]
+
+
+def shard_table(rows: Sequence[ShardRow]) -> pa.Table:
+    """The rows as one Arrow table of the shard schema, equal to ``to_table(rows, ShardRow)``
+    but built for speed: the payload bytes go into one binary column (a copy per shard, no
+    Python object per payload), the other fields through ``model_dump`` (pydantic's core;
+    the rows were assembled from validated parts, see :func:`shard_rows`). The table's
+    schema is checked once against the shard schema."""
+    schema, index, convs = _shard_columns()
+    dicts: list[dict[str, Any]] = []
+    keys: list[str] = []
+    values: list[bytes] = []
+    offsets = [0]
+    exclude = {_PAYLOADS}
+    for row in rows:
+        if not isinstance(row, ShardRow):
+            raise TypeError(f"expected ShardRow, got {type(row).__name__}")
+        data = row.model_dump(exclude=exclude)
+        for name, conv in convs:
+            data[name] = conv(data[name])
+        dicts.append(data)
+        keys.extend(row.payloads)
+        values.extend(row.payloads.values())
+        offsets.append(len(keys))
+    payload_field = schema.field(index)
+    entry = payload_field.type.value_type
+    entries = pa.StructArray.from_arrays(
+        [pa.array(keys, pa.string()), pa.array(values, pa.binary())],
+        fields=[entry.field(0), entry.field(1)],
+    )
+    column = pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()), entries, type=payload_field.type
+    )
+    table = pa.Table.from_pylist(dicts, schema=schema.remove(index)).add_column(
+        index, payload_field, column
+    )
+    table = table.replace_schema_metadata(schema.metadata)
+    if not table.schema.equals(schema, check_metadata=True):  # once per shard, not per row
+        raise ExportError(f"shard table does not match the shard schema: {table.schema}")
+    return table
+
+
 def _parquet_bytes(rows: list[ShardRow], row_group_rows: int) -> tuple[bytes, str]:
     """The shard's bytes and their sha256 (computed while Arrow writes them)."""
-    table = to_table(rows, ShardRow)
+    table = shard_table(rows)
     buf = _HashingBuffer()
     pq.write_table(table, buf, compression="zstd", row_group_size=row_group_rows)
     return buf.getvalue(), buf.sha256.hexdigest()
+
+
+def write_parquet_shard(
+    rows: list[ShardRow], path: str, row_group_rows: int = ROW_GROUP_ROWS
+) -> tuple[int, str, list[int]]:
+    """Write the rows' Parquet shard straight to PATH on a local disk with the commit
+    protocol's first half: a ``.tmp-`` file beside it (what a killed export leaves is swept
+    by the next), fsync, rename. Returns (bytes, sha256, rows per row group): the digest is
+    computed as the bytes go to the file, the row groups come from the writer's footer."""
+    table = shard_table(rows)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with open(fd, "wb") as raw:
+            out = _HashingFile(raw)
+            collector: list[pq.FileMetaData] = []
+            pq.write_table(
+                table,
+                out,
+                compression="zstd",
+                row_group_size=row_group_rows,
+                metadata_collector=collector,
+            )
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    meta = collector[0]
+    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return out.size, out.sha256.hexdigest(), groups
 
 
 def row_groups_of(source: bytes | BinaryIO) -> list[int]:
@@ -324,6 +479,10 @@ def shard_format(name: str, row_group_rows: int = ROW_GROUP_ROWS) -> ShardFormat
         from workflows.export.formats.webdataset import WebDatasetFormat
 
         return WebDatasetFormat()
+    if name == "control":
+        from workflows.export.formats.control import ControlFormat
+
+        return ControlFormat()
     raise ExportError(f"unknown export format {name!r} (one of {', '.join(FORMATS)})")
 
 
@@ -487,20 +646,37 @@ def _export_locked(
             failed.append(e)
             raise
 
+    # Parquet on a local disk goes straight to its temporary file (hashed as it is written);
+    # elsewhere, and for the other formats, the shard's bytes are made, then written.
+    direct = (
+        isinstance(fmt, ParquetFormat)
+        and type(fmt).encode is ParquetFormat.encode
+        and storage.local
+    )
+
     def write_one(partition: str, rows: list[ShardRow]) -> None:
         extra: dict[str, Any] = {}
-        data = fmt.encode(rows, storage, extra)
         rel = f"{partition}/part-{manifest.next_index(partition):05d}{fmt.suffix}"
-        storage.write_atomic(rel, data)
+        if direct:
+            assert isinstance(fmt, ParquetFormat)
+            size, sha256, groups = write_parquet_shard(
+                rows, os.path.join(storage.root, rel), fmt.row_group_rows
+            )
+            extra["row_groups"] = groups
+        else:
+            data = fmt.encode(rows, storage, extra)
+            storage.write_atomic(rel, data)
+            size = len(data)
+            # a format that hashed the bytes as it wrote them hands the digest over
+            sha256 = extra.pop("sha256", None) or hashlib.sha256(data).hexdigest()
         manifest.shards.append(
             {
                 "path": rel,
                 "partition": partition,
                 "rows": len(rows),
                 **({"row_groups": extra.pop("row_groups")} if "row_groups" in extra else {}),
-                "bytes": len(data),
-                # a format that hashed the bytes as it wrote them hands the digest over
-                "sha256": extra.pop("sha256", None) or hashlib.sha256(data).hexdigest(),
+                "bytes": size,
+                "sha256": sha256,
                 "schema_version": SCHEMA_VERSION,
                 "payloads": "embedded" if embed_payloads else "referenced",
                 "run_ids": sorted({r.provenance.run_id for r in rows} | set(run_ids or [])),
@@ -512,8 +688,9 @@ def _export_locked(
         manifest.save()
         report.new_shards.append(rel)
         report.new_rows += len(rows)
-        report.bytes_written += len(data)
+        report.bytes_written += size
 
+    read_ahead = False
     try:
         todo_items: list[tuple[Reviewed, set[str]]] = []
         for item in sorted(items, key=lambda i: i.record.clip_id):
@@ -525,15 +702,27 @@ def _export_locked(
                 report.no_instances += 1
                 continue
             # cheap: an instance id names its row whatever the review's text
-            todo = [i for i in instances_of(item.record) if i.instance_id not in done]
-            report.skipped_already_exported += len(instances_of(item.record)) - len(todo)
+            planned = instances_of(item.record)
+            todo = [i for i in planned if i.instance_id not in done]
+            report.skipped_already_exported += len(planned) - len(todo)
             if todo:
                 todo_items.append((item, {i.instance_id for i in todo}))
 
         embed = embed_payloads or fmt.needs_payloads
+        read_ahead = embed and PAYLOAD_READERS > 0
+        if read_ahead:
+            readers = ThreadPoolExecutor(max_workers=PAYLOAD_READERS)
+            ahead: deque[Future[dict[str, bytes | Exception]]] = deque()
+        queued = 0
         for item, wanted in todo_items:
+            payloads_read = None
+            if read_ahead:
+                while queued < len(todo_items) and len(ahead) < PAYLOAD_READ_AHEAD:
+                    ahead.append(readers.submit(record_payloads, todo_items[queued][0].record))
+                    queued += 1
+                payloads_read = ahead.popleft().result()
             try:
-                rows = shard_rows(item, embed)
+                rows = shard_rows(item, embed, payloads_read)
                 for row in rows:
                     if row.instance_id in wanted:
                         fmt.prepare(row)
@@ -553,6 +742,8 @@ def _export_locked(
         for partition in sorted(pending):
             flush(partition)
     finally:
+        if read_ahead:
+            readers.shutdown(wait=True, cancel_futures=True)
         if writer is not None:
             writer.shutdown(wait=True)  # every submitted shard is written (or failed)
     while writing:
