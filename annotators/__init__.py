@@ -1,8 +1,8 @@
 """Per-clip logic: frames in, condition / statistics / caption out. No Ray here.
 
 The base classes are imported here; the built-in stages (which bring in OpenCV, PyAV,
-openai, ...) only when first asked for (PEP 562), so that ``annotators.base`` and
-``annotators.conditions`` stay importable with the core install alone.
+openai, ...) only when first asked for (PEP 562), so that ``any2capins.annotators.base`` and
+``any2capins.annotators.conditions`` stay importable with the core install alone.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import functools
 import importlib
 from typing import TYPE_CHECKING
 
-from annotators.base import (
+from any2capins.annotators.base import (
     PROVENANCE_KEY,
     Annotator,
     AnnotatorConfig,
@@ -24,29 +24,29 @@ from annotators.base import (
 )
 
 if TYPE_CHECKING:
-    from annotators.captions import CaptionsAnnotator
-    from annotators.captions.instances import InstancesAnnotator
-    from annotators.clip_stats import ClipStatsAnnotator
-    from annotators.keyframes import KeyframesAnnotator
+    from any2capins.annotators.captions import CaptionsAnnotator
+    from any2capins.annotators.captions.instances import InstancesAnnotator
+    from any2capins.annotators.clip_stats import ClipStatsAnnotator
+    from any2capins.annotators.keyframes import KeyframesAnnotator
 
     BUILTIN_ANNOTATORS: dict[str, type[Annotator]]
 
 _WHERE = {
-    "CaptionsAnnotator": "annotators.captions",
-    "InstancesAnnotator": "annotators.captions.instances",
-    "ClipStatsAnnotator": "annotators.clip_stats",
-    "KeyframesAnnotator": "annotators.keyframes",
+    "CaptionsAnnotator": "any2capins.annotators.captions",
+    "InstancesAnnotator": "any2capins.annotators.captions.instances",
+    "ClipStatsAnnotator": "any2capins.annotators.clip_stats",
+    "KeyframesAnnotator": "any2capins.annotators.keyframes",
 }
 
 
 @functools.cache
 def _builtin_annotators() -> dict[str, type[Annotator]]:
-    from annotators.captions import CaptionsAnnotator
-    from annotators.captions.instances import InstancesAnnotator
-    from annotators.clip_stats import ClipStatsAnnotator
-    from annotators.curation import CURATION_ANNOTATORS
-    from annotators.dedup_hash import DedupHashAnnotator
-    from annotators.keyframes import KeyframesAnnotator
+    from any2capins.annotators.captions import CaptionsAnnotator
+    from any2capins.annotators.captions.instances import InstancesAnnotator
+    from any2capins.annotators.clip_stats import ClipStatsAnnotator
+    from any2capins.annotators.curation import CURATION_ANNOTATORS
+    from any2capins.annotators.dedup_hash import DedupHashAnnotator
+    from any2capins.annotators.keyframes import KeyframesAnnotator
 
     return {
         cls.name: cls
@@ -77,7 +77,7 @@ def __dir__() -> list[str]:
 
 def all_annotators() -> dict[str, type[Annotator]]:
     """Built-in stages plus those of every registered condition type (plugins included)."""
-    from annotators.conditions import condition_annotators
+    from any2capins.annotators.conditions import condition_annotators
 
     return {**_builtin_annotators(), **condition_annotators()}
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from annotators.base import MissingDependency
+from any2capins.annotators.base import MissingDependency
 
 
 def hf_offline() -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotators.base import MissingDependency
+from any2capins.annotators.base import MissingDependency
 
 
 @dataclass

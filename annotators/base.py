@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas import ClipRef, ModelInfo, PayloadRef, Record
+from any2capins.schemas import ClipRef, ModelInfo, PayloadRef, Record
 
 PROVENANCE_KEY = "_provenance"
 

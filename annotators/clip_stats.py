@@ -12,14 +12,14 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from annotators.base import (
+from any2capins.annotators.base import (
     Annotator,
     AnnotatorConfig,
     ClipInput,
     FrameSampling,
     Resources,
 )
-from schemas import ClipStats, ColorSwatch
+from any2capins.schemas import ClipStats, ColorSwatch
 
 
 class ClipStatsConfig(AnnotatorConfig):

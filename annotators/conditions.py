@@ -23,13 +23,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
-from annotators.base import Annotator
-from schemas import Conditions, PayloadRef, Record, Suitability, arrow_type
+from any2capins.annotators.base import Annotator
+from any2capins.schemas import Conditions, PayloadRef, Record, Suitability, arrow_type
 
 ENTRY_POINT_GROUP = "any2capins.conditions"
 
 PayloadReader = Callable[[PayloadRef], bytes]
-_OWN_PACKAGES = ("annotators",)
+_OWN_PACKAGES = ("any2capins",)
 
 # covariant: a ConditionType[DepthCondition] is a ConditionType[BaseModel], so mixed
 # registries type-check without Any
@@ -136,7 +136,7 @@ def _is_own(value: str) -> bool:
 @cache
 def condition_types() -> dict[str, ConditionType[Any]]:
     """Every condition type registered through entry points, loaded once per process."""
-    from annotators import BUILTIN_ANNOTATORS
+    from any2capins.annotators import BUILTIN_ANNOTATORS
 
     disabled = os.environ.get("ANY2CAP_DISABLE_PLUGINS", "").lower() in ("1", "true", "yes")
     found: dict[str, ConditionType[Any]] = {}

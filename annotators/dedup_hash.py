@@ -4,7 +4,7 @@ The hash is the classic DCT pHash (as ``imagehash.phash``): grey, 32x32 area res
 DCT, the 8x8 lowest frequencies compared with their median -> 64 bits. It survives
 re-encoding, rescaling and mild colour shifts, which is what separates a re-upload from a
 different clip. Written as 16 hex digits per frame; the grouping is the engine's
-(:mod:`pipeline.dedup`), over every clip of the run at once.
+(:mod:`any2capins.pipeline.dedup`), over every clip of the run at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from annotators.base import Annotator, AnnotatorConfig, ClipInput, FrameSampling, Resources
+from any2capins.annotators.base import (
+    Annotator,
+    AnnotatorConfig,
+    ClipInput,
+    FrameSampling,
+    Resources,
+)
 
 HASH_BITS = 64
 

@@ -15,15 +15,15 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from annotators._media import decode_mp4, encode_mp4, playback_fps
-from annotators._models import (
+from any2capins.annotators._media import decode_mp4, encode_mp4, playback_fps
+from any2capins.annotators._models import (
     fetch_hint,
     files_digest,
     hub_cache_only,
     model_folder_problem,
     torch_device,
 )
-from annotators.base import (
+from any2capins.annotators.base import (
     Annotator,
     AnnotatorConfig,
     ClipInput,
@@ -31,10 +31,17 @@ from annotators.base import (
     MissingDependency,
     Resources,
 )
-from annotators.conditions import ConditionType, PayloadReader
-from annotators.keyframes import grid_field
-from annotators.model_catalog import DEFAULT_DEPTH_MODEL, ENV_DEPTH_MODEL
-from schemas import DepthCondition, DepthLayout, FrameGrid, ModelInfo, Record, Suitability
+from any2capins.annotators.conditions import ConditionType, PayloadReader
+from any2capins.annotators.keyframes import grid_field
+from any2capins.annotators.model_catalog import DEFAULT_DEPTH_MODEL, ENV_DEPTH_MODEL
+from any2capins.schemas import (
+    DepthCondition,
+    DepthLayout,
+    FrameGrid,
+    ModelInfo,
+    Record,
+    Suitability,
+)
 
 U16_MAX = 65535
 

@@ -14,14 +14,14 @@ from typing import Any, ClassVar
 import cv2
 from pydantic import BaseModel, Field
 
-from annotators.base import (
+from any2capins.annotators.base import (
     Annotator,
     AnnotatorConfig,
     ClipInput,
     FrameSampling,
     Resources,
 )
-from schemas import FrameGrid, Keyframes
+from any2capins.schemas import FrameGrid, Keyframes
 
 # The field of a condition annotator's Config that receives the recipe's grid (recorded in
 # the condition it writes); set by the recipe, never in a stage's params.

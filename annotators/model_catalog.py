@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from annotators._models import (
+from any2capins.annotators._models import (
     fetch_hint,
     hf_offline,
     hub_file,

@@ -15,7 +15,7 @@ import functools
 import cv2
 import numpy as np
 
-from annotators.model_catalog import DEFAULT_DETECTOR
+from any2capins.annotators.model_catalog import DEFAULT_DETECTOR
 
 DETECTOR_LICENSE = "Apache-2.0"
 

@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from annotators.base import FrameSampling
-from annotators.camera import estimate_with_report, label_trajectory
-from annotators.camera.metrics import trajectory_accuracy
-from annotators.camera.synthetic import render_clip
-from pipeline.video import probe_video, sample_frames
+from any2capins.annotators.base import FrameSampling
+from any2capins.annotators.camera import estimate_with_report, label_trajectory
+from any2capins.annotators.camera.metrics import trajectory_accuracy
+from any2capins.annotators.camera.synthetic import render_clip
+from any2capins.pipeline.video import probe_video, sample_frames
 
 REPO = Path(__file__).resolve().parents[1]
 # (motion, moving objects, masks given)

@@ -31,11 +31,11 @@ def _demo_records(clips_dir: str, work: str) -> list[Any]:
     """Records with statistics and keyframes: the demo recipe without its captions stage."""
     import yaml
 
-    from annotators import all_annotators
-    from pipeline.build import run_build
-    from pipeline.recipe import resolve_recipe
-    from pipeline.rundir import RunDir
-    from pipeline.sources import list_sources
+    from any2capins.annotators import all_annotators
+    from any2capins.pipeline.build import run_build
+    from any2capins.pipeline.recipe import resolve_recipe
+    from any2capins.pipeline.rundir import RunDir
+    from any2capins.pipeline.sources import list_sources
 
     data = yaml.safe_load((REPO / "workflows" / "recipes" / "demo.yaml").read_text())
     data["stages"] = [s for s in data["stages"] if s["annotator"] != "captions"]
@@ -47,7 +47,7 @@ def _demo_records(clips_dir: str, work: str) -> list[Any]:
 
 
 def _inputs(records: list[Any], n: int) -> list[Any]:
-    from annotators import ClipInput
+    from any2capins.annotators import ClipInput
 
     class _NoArtifacts:
         def put(self, name: str, data: bytes, media_type: str) -> Any:
@@ -66,7 +66,7 @@ def _inputs(records: list[Any], n: int) -> list[Any]:
 
 
 def _config(base_url: str, cache_dir: str, **params: Any) -> Any:
-    from annotators.captions import CaptionsConfig
+    from any2capins.annotators.captions import CaptionsConfig
 
     return CaptionsConfig.model_validate(
         {
@@ -82,7 +82,7 @@ def _config(base_url: str, cache_dir: str, **params: Any) -> Any:
 def throughput(
     records: list[Any], clips: int, latency_s: float, concurrency: int, batch_size: int, work: str
 ) -> dict[str, Any]:
-    from annotators.captions import CaptionsAnnotator
+    from any2capins.annotators.captions import CaptionsAnnotator
     from tests.openai_server import FakeOpenAI
 
     with FakeOpenAI(latency_s=latency_s) as server:
@@ -122,12 +122,12 @@ def throughput(
 
 def prompt_tokens(records: list[Any], detail: str, keyframes: int, work: str) -> dict[str, Any]:
     """Input tokens per clip, both layouts, through the real client and the test server."""
-    from annotators.captions.cache import ResponseCache
-    from annotators.captions.client import CaptionClient
-    from annotators.captions.config import PARTS
-    from annotators.captions.facts import build_context
-    from annotators.captions.templates import load_templates
-    from annotators.captions.writer import part_messages
+    from any2capins.annotators.captions.cache import ResponseCache
+    from any2capins.annotators.captions.client import CaptionClient
+    from any2capins.annotators.captions.config import PARTS
+    from any2capins.annotators.captions.facts import build_context
+    from any2capins.annotators.captions.templates import load_templates
+    from any2capins.annotators.captions.writer import part_messages
     from tests.openai_server import FakeOpenAI
 
     out: dict[str, Any] = {"detail": detail, "keyframes": keyframes, "clips": len(records)}

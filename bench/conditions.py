@@ -16,18 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from annotators import Annotator, ClipInput
-from annotators.camera import CameraAnnotator
-from annotators.depth import DepthAnnotator
-from annotators.identities import IdentitiesAnnotator
-from annotators.pose import PoseAnnotator
-from pipeline.build import run_build
-from pipeline.recipe import SpanConfig, resolve_recipe
-from pipeline.sources import list_sources
-from pipeline.spans import make_spans
-from pipeline.storage import ArtifactStore
-from pipeline.video import probe_video, sample_frames
-from schemas import ClipRef, Provenance, Record
+from any2capins.annotators import Annotator, ClipInput
+from any2capins.annotators.camera import CameraAnnotator
+from any2capins.annotators.depth import DepthAnnotator
+from any2capins.annotators.identities import IdentitiesAnnotator
+from any2capins.annotators.pose import PoseAnnotator
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import SpanConfig, resolve_recipe
+from any2capins.pipeline.sources import list_sources
+from any2capins.pipeline.spans import make_spans
+from any2capins.pipeline.storage import ArtifactStore
+from any2capins.pipeline.video import probe_video, sample_frames
+from any2capins.schemas import ClipRef, Provenance, Record
 
 REPO = Path(__file__).resolve().parents[1]
 # Fixed 2-second windows of the demo clips, as in bench/demo-windows.yaml: enough clips for a
@@ -111,7 +111,7 @@ def run(
 ) -> dict[str, Any]:
     """Best-of-``repeats`` wall time and clips/s per stage for: the annotator in a plain loop
     on pre-decoded frames, the engine's plain loop, and the engine on Ray Data."""
-    from pipeline.engine import ensure_ray
+    from any2capins.pipeline.engine import ensure_ray
 
     clips_dir = clips_dir or str(REPO / "demo" / "clips")
     work = Path(tempfile.mkdtemp(prefix="bench-conditions-"))

@@ -40,9 +40,9 @@ from typing import Any
 import av
 import numpy as np
 
-from annotators.base import FrameSampling
-from pipeline import video
-from pipeline.video import (
+from any2capins.annotators.base import FrameSampling
+from any2capins.pipeline import video
+from any2capins.pipeline.video import (
     READERS,
     ReaderUnavailable,
     VideoError,
@@ -287,7 +287,7 @@ def judge(
 ) -> str:
     """One reader's verdict on one input (see the module docstring); ``guarded=False`` is
     the verdict with the reader's refusals (decord and torchcodec on MPEG-TS) lifted."""
-    from pipeline.video import pick_indices
+    from any2capins.pipeline.video import pick_indices
     from tests import media
 
     sampling = FrameSampling(num_frames=ROBUST_FRAMES, max_side=MAX_SIDE)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dedup import DedupKey, brute_force_pairs, group_clips, near_duplicate_pairs
+from any2capins.pipeline.dedup import DedupKey, brute_force_pairs, group_clips, near_duplicate_pairs
 
 HASHES_PER_CLIP = 4
 

@@ -36,12 +36,12 @@ def _build_records(work: Path, clips: int, width: int, height: int) -> list[Any]
     (the captions stage is measured in bench/captions.py)."""
     import yaml
 
-    from annotators import all_annotators
-    from pipeline.build import run_build
-    from pipeline.recipe import resolve_recipe
-    from pipeline.rundir import RunDir
-    from pipeline.sources import list_sources
-    from schemas import StructuredCaption
+    from any2capins.annotators import all_annotators
+    from any2capins.pipeline.build import run_build
+    from any2capins.pipeline.recipe import resolve_recipe
+    from any2capins.pipeline.rundir import RunDir
+    from any2capins.pipeline.sources import list_sources
+    from any2capins.schemas import StructuredCaption
 
     if str(REPO) not in sys.path:  # the clip generator lives in tests/
         sys.path.insert(0, str(REPO))
@@ -90,7 +90,7 @@ def _keyframe_copies(base: Any, copy: int, seed: int, store: Any, clip_id: str) 
     import cv2
     import numpy as np
 
-    from pipeline.storage import read_payload
+    from any2capins.pipeline.storage import read_payload
 
     rng = np.random.default_rng(seed)
     frames = []
@@ -114,9 +114,9 @@ def _reviewed(records: list[Any], rows: int, artifacts: str) -> list[Any]:
     and the machine text."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.storage import ArtifactStore
-    from schemas import ReviewState, make_clip_id
-    from workflows.export import Reviewed
+    from any2capins.pipeline.storage import ArtifactStore
+    from any2capins.schemas import ReviewState, make_clip_id
+    from any2capins.workflows.export import Reviewed
 
     store = ArtifactStore(artifacts)
 
@@ -167,10 +167,10 @@ def run(
     import pyarrow.parquet as pq
     from torch.utils.data import DataLoader
 
-    from schemas import ShardRow, to_table
-    from workflows.export import export_shards
-    from workflows.export.reader import ShardDataset
-    from workflows.export.shards import shard_row
+    from any2capins.schemas import ShardRow, to_table
+    from any2capins.workflows.export import export_shards
+    from any2capins.workflows.export.reader import ShardDataset
+    from any2capins.workflows.export.shards import shard_row
 
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:

@@ -304,11 +304,11 @@ class GpuSampler:
 def _clips(work: Path, count: int, max_side: int, tag: str) -> list[Any]:
     """``count`` ClipInputs of one generated 640x360 video sampled at 49 frames (shared
     frames, distinct clip ids and artifact sinks)."""
-    from annotators import ClipInput
-    from annotators.base import FrameSampling
-    from pipeline.storage import ArtifactStore
-    from pipeline.video import probe_video, sample_frames
-    from schemas import ClipRef, Provenance, Record
+    from any2capins.annotators import ClipInput
+    from any2capins.annotators.base import FrameSampling
+    from any2capins.pipeline.storage import ArtifactStore
+    from any2capins.pipeline.video import probe_video, sample_frames
+    from any2capins.schemas import ClipRef, Provenance, Record
     from tests.media import make_video
 
     video = work / "clip.mp4"
@@ -392,7 +392,7 @@ def _timed(
 
 
 def _depth(models: Path, work: Path, clips: int, budget_s: float) -> dict[str, Any]:
-    from annotators.depth import DepthAnnotator, DepthConfig
+    from any2capins.annotators.depth import DepthAnnotator, DepthConfig
 
     clips_per_call = 4  # the engine's batch: frames of 4 clips share forward passes
     model_batch = 2 * FRAMES
@@ -416,7 +416,7 @@ def _depth(models: Path, work: Path, clips: int, budget_s: float) -> dict[str, A
 def _identities(models: Path, work: Path, clips: int, budget_s: float) -> dict[str, Any]:
     import torch
 
-    from annotators.identities import IdentitiesAnnotator, IdentitiesConfig
+    from any2capins.annotators.identities import IdentitiesAnnotator, IdentitiesConfig
     from tests.tiny_sam2 import tiny_coco_detector
 
     detector = tiny_coco_detector(

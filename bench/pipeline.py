@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.build import run_build
-from pipeline.sources import list_sources
-from workflows.recipes import load_recipe
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.sources import list_sources
+from any2capins.workflows.recipes import load_recipe
 
 
 def run(input_dir: str, repeats: int = 2, recipe: str = "demo") -> dict[str, Any]:
@@ -19,7 +19,7 @@ def run(input_dir: str, repeats: int = 2, recipe: str = "demo") -> dict[str, Any
     walls: dict[str, list[float]] = {"ray": [], "local": []}
     clips = 0
     # Warm Ray up once so the ratio measures the pipeline, not the cluster start.
-    from pipeline.engine import ensure_ray
+    from any2capins.pipeline.engine import ensure_ray
 
     t0 = time.perf_counter()
     ensure_ray()

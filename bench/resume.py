@@ -29,36 +29,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.cheap_recipe import cheap_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 
-RECIPE: dict[str, Any] = {
-    "name": "bench-resume",
-    "description": "Clip statistics, two small keyframes and grounded captions: no model.",
-    "spans": {"mode": "whole", "min_len_s": 0.5, "max_len_s": 30.0},
-    "stages": [
-        {
-            "annotator": "clip_stats",
-            "params": {"palette_size": 3},
-            "sampling": {"num_frames": 4, "max_side": 64},
-            "resources": {"num_cpus": 0.5, "batch_size": 8, "concurrency": 1},
-        },
-        {
-            "annotator": "keyframes",
-            "sampling": {"num_frames": 2, "max_side": 64},
-            "resources": {"num_cpus": 0.5, "batch_size": 8, "concurrency": 1},
-        },
-        {
-            "annotator": "captions",
-            "depends_on": ["clip_stats", "keyframes"],
-            "params": {"writer": "grounded"},
-            "resources": {"num_cpus": 0.25, "batch_size": 16, "concurrency": 1},
-        },
-    ],
-}
+RECIPE = cheap_recipe("bench-resume")
 
 
 def _resolved(work: Path) -> Any:
-    from workflows.recipes import load_recipe
+    from any2capins.workflows.recipes import load_recipe
 
     path = work / "recipe.json"
     path.write_text(json.dumps(RECIPE))
@@ -81,8 +60,8 @@ def file_counts(run: Path, clips: int) -> dict[str, Any]:
 
 
 def noop(clips: int = 1000, executor: str = "ray", work: Path | None = None) -> dict[str, Any]:
-    from pipeline.build import run_build
-    from pipeline.sources import list_sources
+    from any2capins.pipeline.build import run_build
+    from any2capins.pipeline.sources import list_sources
 
     if str(REPO) not in sys.path:  # the clip generator lives in tests/
         sys.path.insert(0, str(REPO))
@@ -101,7 +80,7 @@ def noop(clips: int = 1000, executor: str = "ray", work: Path | None = None) -> 
         sources = list_sources(str(src))
         ray_start = 0.0
         if executor == "ray":
-            from pipeline.engine import ensure_ray
+            from any2capins.pipeline.engine import ensure_ray
 
             t = time.perf_counter()
             ensure_ray()
@@ -134,8 +113,8 @@ def noop(clips: int = 1000, executor: str = "ray", work: Path | None = None) -> 
 def _old_stage_pass(raw: str, output: dict[str, Any], prov: Any) -> str:
     """What a stage did to a record before (the baseline): validate the row's JSON, dump it
     to a dict, set the output, validate again, dump JSON for the next row."""
-    from pipeline.stage import _set_path
-    from schemas import Record
+    from any2capins.pipeline.stage import _set_path
+    from any2capins.schemas import Record
 
     record = Record.model_validate_json(raw)
     data = record.model_dump(mode="json")
@@ -149,8 +128,8 @@ def _old_stage_pass(raw: str, output: dict[str, Any], prov: Any) -> str:
 def conversion(raw: str, repeats: int = 300) -> dict[str, float]:
     """Per clip per stage, ms: the record's conversions before and now, on one real record
     of the build (a stage writing ``stats``, as clip_stats does)."""
-    from pipeline.stage import apply_output, dump_record, load_record
-    from schemas import Record
+    from any2capins.pipeline.stage import apply_output, dump_record, load_record
+    from any2capins.schemas import Record
 
     record = Record.model_validate_json(raw)
     assert record.stats is not None and record.provenance.stages
@@ -182,11 +161,11 @@ def conversion(raw: str, repeats: int = 300) -> dict[str, float]:
 def write_synthetic(work: Path, clips: int, per_source: int, records: bool = True) -> list[Any]:
     """A finished run directory of ``clips`` clips in ``work/run`` (module docstring);
     returns the source items of its sources."""
-    from pipeline.partlog import PartLog
-    from pipeline.resume import build_signature, source_key, stat_source
-    from pipeline.rundir import RunDir
-    from pipeline.sources import list_sources
-    from schemas import ClipRef, Provenance, Record, make_clip_id
+    from any2capins.pipeline.partlog import PartLog
+    from any2capins.pipeline.resume import build_signature, source_key, stat_source
+    from any2capins.pipeline.rundir import RunDir
+    from any2capins.pipeline.sources import list_sources
+    from any2capins.schemas import ClipRef, Provenance, Record, make_clip_id
 
     resolved = _resolved(work)
     src = work / "sources"
@@ -265,7 +244,7 @@ def write_synthetic(work: Path, clips: int, per_source: int, records: bool = Tru
 
 
 def synthetic(clips: int = 100_000, per_source: int = 100, records: bool = True) -> dict[str, Any]:
-    from pipeline.build import run_build
+    from any2capins.pipeline.build import run_build
 
     work = Path(tempfile.mkdtemp(prefix="bench-resume-synth-"))
     try:

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from pipeline.rundir import RunDir, RunInfo
-from schemas import ClipRef, Provenance, Record, StructuredCaption, make_clip_id, utc_now
+from any2capins.pipeline.rundir import RunDir, RunInfo
+from any2capins.schemas import ClipRef, Provenance, Record, StructuredCaption, make_clip_id, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_PAIRS = 100
@@ -84,7 +84,7 @@ def _free_port() -> int:
 def _server(run: Path, db_url: str | None) -> Iterator[str]:
     """``any2cap review serve`` in its own process, as annotators would run it."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "workflows.cli", "review", "serve", "--run", str(run)]
+    cmd = [sys.executable, "-m", "any2capins.workflows.cli", "review", "serve", "--run", str(run)]
     cmd += ["--port", str(port), "--no-ingest"] + (["--db", db_url] if db_url else [])
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -171,7 +171,7 @@ def _percentile(values: list[float], q: float) -> float:
 def _one_backend(
     db_url: str | None, clients: int, items: int, max_seconds: float
 ) -> dict[str, Any]:
-    from workflows.review import open_store
+    from any2capins.workflows.review import open_store
 
     with tempfile.TemporaryDirectory(prefix="a2c-bench-review-") as tmp:
         run = Path(tmp) / "run"

@@ -201,7 +201,7 @@ def _serve(run: Path, db_url: str, workers: int, log: Path) -> Iterator[tuple[st
     import psutil  # type: ignore[import-untyped]
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "workflows.cli", "review", "serve", "--run", str(run)]
+    cmd = [sys.executable, "-m", "any2capins.workflows.cli", "review", "serve", "--run", str(run)]
     cmd += ["--db", db_url, "--port", str(port), "--no-ingest", "--workers", str(workers)]
     with open(log, "w") as err:
         proc = subprocess.Popen(
@@ -293,7 +293,7 @@ def _cpu_s(parent: Any) -> float:
 
 
 def _check_store(run: Path, db_url: str, decided: int) -> dict[str, Any]:
-    from workflows.review import open_store
+    from any2capins.workflows.review import open_store
 
     store = open_store(str(run), db_url)
     try:
@@ -309,7 +309,7 @@ def _check_store(run: Path, db_url: str, decided: int) -> dict[str, Any]:
 
 
 def _prepare_store(run: Path, db_url: str, users: int) -> dict[str, str]:
-    from workflows.review import open_store
+    from any2capins.workflows.review import open_store
 
     store = open_store(str(run), db_url)
     try:

@@ -8,7 +8,7 @@ keyframes, the offline grounded caption writer; no model, no network):
   (Ray started once beforehand; its start is reported apart);
 - ``resume``: a re-run of each finished build over the same clips (a no-op: every record is
   done), whatever the engine does to find that out;
-- ``ingest``: ``workflows.review`` store ingest of the loop build's records into SQLite (a
+- ``ingest``: ``any2capins.workflows.review`` store ingest of the loop build's records into SQLite (a
   fresh ``review.db``);
 - ``export``: ``export_shards`` of every record as accepted to Parquet (payloads embedded);
   the records are read from the run directory beforehand (not timed). The review decisions
@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.cheap_recipe import cheap_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (200, 1000)
 SIZES_ENV = "ANY2CAP_BENCH_SCALE_SIZES"
@@ -52,30 +54,7 @@ LABELS = {
     "export": "export (Parquet)",
 }
 
-RECIPE: dict[str, Any] = {
-    "name": "bench-scale",
-    "description": "Clip statistics, two small keyframes and grounded captions: no model.",
-    "spans": {"mode": "whole", "min_len_s": 0.5, "max_len_s": 30.0},
-    "stages": [
-        {
-            "annotator": "clip_stats",
-            "params": {"palette_size": 3},
-            "sampling": {"num_frames": 4, "max_side": 64},
-            "resources": {"num_cpus": 0.5, "batch_size": 8, "concurrency": 1},
-        },
-        {  # the captions stage reads the keyframes: the cheapest that it accepts
-            "annotator": "keyframes",
-            "sampling": {"num_frames": 2, "max_side": 64},
-            "resources": {"num_cpus": 0.5, "batch_size": 8, "concurrency": 1},
-        },
-        {
-            "annotator": "captions",
-            "depends_on": ["clip_stats", "keyframes"],
-            "params": {"writer": "grounded"},
-            "resources": {"num_cpus": 0.25, "batch_size": 16, "concurrency": 1},
-        },
-    ],
-}
+RECIPE = cheap_recipe("bench-scale")
 
 
 class ScaleError(RuntimeError):
@@ -137,13 +116,13 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 def _one_size(
     n: int, sources: list[Any], work: Path, executors: Sequence[str], notes: list[str]
 ) -> dict[str, float]:
-    from annotators import all_annotators
-    from pipeline.build import run_build
-    from pipeline.recipe import resolve_recipe
-    from pipeline.rundir import RunDir
-    from schemas import ReviewState
-    from workflows.export import Reviewed, export_shards
-    from workflows.review import open_store
+    from any2capins.annotators import all_annotators
+    from any2capins.pipeline.build import run_build
+    from any2capins.pipeline.recipe import resolve_recipe
+    from any2capins.pipeline.rundir import RunDir
+    from any2capins.schemas import ReviewState
+    from any2capins.workflows.export import Reviewed, export_shards
+    from any2capins.workflows.review import open_store
 
     resolved = resolve_recipe(RECIPE, all_annotators())
     walls: dict[str, float] = {}
@@ -207,7 +186,7 @@ def run(
     ``plot``: where to draw the cost curve (None: ``ANY2CAP_BENCH_SCALE_PLOT`` or nothing);
     ``checkpoint``: a JSON file that gets each size's raw walls as soon as it is measured
     (a long run killed half-way keeps its finished sizes)."""
-    from pipeline.sources import list_sources
+    from any2capins.pipeline.sources import list_sources
 
     sizes = sorted(sizes) if sizes else sizes_from_env()
     if not executors:
@@ -221,7 +200,7 @@ def run(
             raise ScaleError(f"generated {sizes[-1]} clips, the sources list {len(every)}")
         ray_init_s = None
         if "ray" in executors:
-            from pipeline.engine import ensure_ray
+            from any2capins.pipeline.engine import ensure_ray
 
             ray_init_s, _ = _timed(ensure_ray)
         # a small untimed round first: imports, the review database's first migration and

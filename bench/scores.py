@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from annotators.base import Annotator, ClipInput, FrameSampling
-from annotators.curation.aesthetics import AestheticsAnnotator
-from pipeline.video import probe_video, sample_frames
-from schemas import ClipRef, Provenance, Record
+from any2capins.annotators.base import Annotator, ClipInput, FrameSampling
+from any2capins.annotators.curation.aesthetics import AestheticsAnnotator
+from any2capins.pipeline.video import probe_video, sample_frames
+from any2capins.schemas import ClipRef, Provenance, Record
 
 CLIPS = sorted((Path(__file__).resolve().parents[1] / "demo" / "clips").glob("*.mp4"))
 
@@ -49,7 +49,11 @@ def _full_size_aesthetics(folder: Path) -> AestheticsAnnotator:
     full-size random ViT-L/14 vision tower and 768-d head, which cost what the real ones do."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from annotators.curation.aesthetics import AestheticsConfig, build_head, load_head_state
+    from any2capins.annotators.curation.aesthetics import (
+        AestheticsConfig,
+        build_head,
+        load_head_state,
+    )
     from tests.tiny_models import tiny_aesthetic_head, tiny_clip_model
 
     clip = tiny_clip_model(folder / "clip")
@@ -78,7 +82,7 @@ def _full_size_aesthetics(folder: Path) -> AestheticsAnnotator:
 
 
 def run() -> dict[str, Any]:
-    from annotators.curation import (
+    from any2capins.annotators.curation import (
         CutsAnnotator,
         MotionAnnotator,
         QualityAnnotator,

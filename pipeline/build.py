@@ -13,16 +13,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.curation import parse_rules, rule_key, would_drop
-from pipeline.engine import EXECUTORS, dedup_plan
-from pipeline.fit import ResourceFit, fit_to_ray
-from pipeline.progress import PROBE, ProgressTracker, ProgressView, Ticker
-from pipeline.recipe import ResolvedRecipe
-from pipeline.resume import ResumePlan, plan_resume
-from pipeline.rundir import RunDir, RunInfo
-from pipeline.sources import SourceItem
-from pipeline.storage import new_run_id
-from schemas import Failure, FilterDecision, utc_now
+from any2capins.pipeline.curation import parse_rules, rule_key, would_drop
+from any2capins.pipeline.engine import EXECUTORS, dedup_plan
+from any2capins.pipeline.fit import ResourceFit, fit_to_ray
+from any2capins.pipeline.progress import PROBE, ProgressTracker, ProgressView, Ticker
+from any2capins.pipeline.recipe import ResolvedRecipe
+from any2capins.pipeline.resume import ResumePlan, plan_resume
+from any2capins.pipeline.rundir import RunDir, RunInfo
+from any2capins.pipeline.sources import SourceItem
+from any2capins.pipeline.storage import new_run_id
+from any2capins.schemas import Failure, FilterDecision, utc_now
 
 
 class StageTiming(BaseModel):
@@ -128,7 +128,7 @@ def run_build(
     """Run ``resolved`` over ``sources`` into ``run_root``.
 
     With the Ray executor the stages' pools are first checked against what Ray has
-    (:mod:`pipeline.fit`): on local Ray they are scaled down to fit, and ``notify`` gets one
+    (:mod:`any2capins.pipeline.fit`): on local Ray they are scaled down to fit, and ``notify`` gets one
     line saying so; on a cluster that lacks the resources, :class:`ResourceRefusal` is
     raised before the run directory is touched.
 

@@ -3,7 +3,7 @@ as soon as the score a rule reads exists.
 
 A rule is decided right after the last stage that can write its score has run (or earlier,
 as soon as the score is there), so later stages never run on a dropped clip. A dropped clip
-becomes a *filtered* row (:class:`schemas.FilterDecision`): not a failure, never a silent
+becomes a *filtered* row (:class:`any2capins.schemas.FilterDecision`): not a failure, never a silent
 drop. The curation block is not part of any stage's config hash, so changing a threshold
 re-decides from the stored scores without re-scoring.
 """
@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas import FilterDecision, Record
+from any2capins.schemas import FilterDecision, Record
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -37,7 +37,7 @@ DEFAULT_KEEP: tuple[KeepRule, ...] = ("longest", "sharpest")
 
 
 class DedupConfig(BaseModel):
-    """Near-duplicate removal across the whole run (``pipeline.dedup``)."""
+    """Near-duplicate removal across the whole run (``any2capins.pipeline.dedup``)."""
 
     model_config = ConfigDict(extra="forbid")
 

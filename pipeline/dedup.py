@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.curation import NEAR_DUPLICATE, DedupConfig
-from schemas import FilterDecision, Record
+from any2capins.pipeline.curation import NEAR_DUPLICATE, DedupConfig
+from any2capins.schemas import FilterDecision, Record
 
 HASH_BITS = 64
 _BLOCK = 2048  # rows per block when comparing inside a large bucket (bounds memory)

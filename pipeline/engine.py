@@ -24,20 +24,20 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.curation import DedupConfig
-from pipeline.dedup import DedupKey, dedup_run
-from pipeline.fetch import cache_dir, cleanup, fetched
-from pipeline.progress import PROBE, ProgressTracker, RayProgress, Reporter, safe_report
-from pipeline.recipe import ResolvedRecipe, SpanConfig
-from pipeline.resume import build_signature, done_entry, stat_source
-from pipeline.resume import source_key as make_source_key
-from pipeline.rundir import RunDir
-from pipeline.sources import BadManifestRow
-from pipeline.spans import clamp_warning, make_spans
-from pipeline.stage import ROW_SCHEMA, StageActor, dump_record, failure_row, load_record
-from pipeline.stage import apply_output as apply_output  # where callers have imported it
-from pipeline.video import VideoInfo, probe_video
-from schemas import (
+from any2capins.pipeline.curation import DedupConfig
+from any2capins.pipeline.dedup import DedupKey, dedup_run
+from any2capins.pipeline.fetch import cache_dir, cleanup, fetched
+from any2capins.pipeline.progress import PROBE, ProgressTracker, RayProgress, Reporter, safe_report
+from any2capins.pipeline.recipe import ResolvedRecipe, SpanConfig
+from any2capins.pipeline.resume import build_signature, done_entry, stat_source
+from any2capins.pipeline.resume import source_key as make_source_key
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import BadManifestRow
+from any2capins.pipeline.spans import clamp_warning, make_spans
+from any2capins.pipeline.stage import ROW_SCHEMA, StageActor, dump_record, failure_row, load_record
+from any2capins.pipeline.stage import apply_output as apply_output  # where callers have imported it
+from any2capins.pipeline.video import VideoInfo, probe_video
+from any2capins.schemas import (
     ClipRef,
     Failure,
     FilterDecision,

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.video import local_video
+from any2capins.pipeline.video import local_video
 
 ROOT_NAME = "any2cap-fetch"
 STALE_S = 24 * 3600
@@ -52,7 +52,7 @@ def fetched(uri: str, key: str, folder: str | None) -> Iterator[str]:
 
     ``key`` is the source key when its version is known; else the URI alone, which the
     per-build folder makes safe enough (a source rewritten mid-build is not noticed). Without
-    a ``folder`` this is :func:`pipeline.video.local_video` (a temporary copy deleted after
+    a ``folder`` this is :func:`any2capins.pipeline.video.local_video` (a temporary copy deleted after
     the block)."""
     key = key or uri
     if not is_remote(uri) or not folder:

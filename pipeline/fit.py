@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.recipe import ResolvedRecipe
+from any2capins.pipeline.recipe import ResolvedRecipe
 
 GiB = float(2**30)
 UNIT = 1e-4  # Ray's resource precision
@@ -262,7 +262,7 @@ def fit_to_ray(resolved: ResolvedRecipe) -> tuple[ResolvedRecipe, ResourceFit]:
     """Start or join Ray, then fit (local) or check (cluster) the recipe's pools."""
     import ray
 
-    from pipeline.engine import ensure_ray
+    from any2capins.pipeline.engine import ensure_ray
 
     ensure_ray()
     address = os.environ.get("RAY_ADDRESS")

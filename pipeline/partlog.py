@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from pipeline.storage import Storage
+from any2capins.pipeline.storage import Storage
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".tsv"

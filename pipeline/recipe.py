@@ -14,16 +14,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from annotators import Annotator, AnnotatorConfig, FrameSampling, Resources, config_hash
-from annotators.keyframes import (
+from any2capins.annotators import Annotator, AnnotatorConfig, FrameSampling, Resources, config_hash
+from any2capins.annotators.keyframes import (
     GRID_FIELD,
     GridConflict,
     sets_grid_by_hand,
     stage_sampling,
     with_grid,
 )
-from pipeline.curation import CurationConfig, StageFilters, score_writers, stage_filters
-from schemas import FrameGrid
+from any2capins.pipeline.curation import CurationConfig, StageFilters, score_writers, stage_filters
+from any2capins.schemas import FrameGrid
 
 
 class RecipeError(ValueError):

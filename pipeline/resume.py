@@ -1,7 +1,7 @@
 """Resume without touching every clip: the probe cache, the finished-clip index and the plan.
 
 A re-run must find out what is left to do without probing every source and reading every
-marker. Two logs in the run directory (:class:`pipeline.partlog.PartLog`) make that one
+marker. Two logs in the run directory (:class:`any2capins.pipeline.partlog.PartLog`) make that one
 read each:
 
 * ``index/probe``: source key -> the source's probe (VideoInfo) and its clip spans. The key
@@ -30,9 +30,9 @@ from typing import Any
 
 import fsspec
 
-from pipeline.recipe import ResolvedRecipe
-from pipeline.rundir import RunDir
-from schemas import make_clip_id
+from any2capins.pipeline.recipe import ResolvedRecipe
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import make_clip_id
 
 # stat() of remote sources in parallel: each is one HEAD request
 _STAT_THREADS = 32

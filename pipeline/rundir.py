@@ -30,9 +30,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.partlog import COMPACT_AT, PartLog
-from pipeline.storage import Storage, StorageBusy
-from schemas import Failure, FilterDecision, Record, StageProvenance
+from any2capins.pipeline.partlog import COMPACT_AT, PartLog
+from any2capins.pipeline.storage import Storage, StorageBusy
+from any2capins.schemas import Failure, FilterDecision, Record, StageProvenance
 
 
 class StageMarker(BaseModel):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 
-from pipeline.recipe import SpanConfig
-from pipeline.video import ClipTooShort, VideoInfo
+from any2capins.pipeline.recipe import SpanConfig
+from any2capins.pipeline.video import ClipTooShort, VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from annotators import PROVENANCE_KEY, ClipInput
-from pipeline.fetch import fetched
-from pipeline.progress import Reporter, safe_report
-from pipeline.recipe import StageSpec
-from pipeline.rundir import RunDir, StageMarker
-from pipeline.storage import ArtifactStore
-from pipeline.video import VideoInfo, sample_frames
-from schemas import Failure, Record, StageProvenance, utc_now
+from any2capins.annotators import PROVENANCE_KEY, ClipInput
+from any2capins.pipeline.fetch import fetched
+from any2capins.pipeline.progress import Reporter, safe_report
+from any2capins.pipeline.recipe import StageSpec
+from any2capins.pipeline.rundir import RunDir, StageMarker
+from any2capins.pipeline.storage import ArtifactStore
+from any2capins.pipeline.video import VideoInfo, sample_frames
+from any2capins.schemas import Failure, Record, StageProvenance, utc_now
 
 ROW_SCHEMA = pa.schema(
     [

@@ -20,7 +20,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from schemas import PayloadRef
+from any2capins.schemas import PayloadRef
 
 
 def _is_local(uri: str) -> bool:
@@ -159,7 +159,7 @@ class ArtifactStore:
 
 
 class ClipArtifacts:
-    """The :class:`annotators.ArtifactSink` handed to an annotator for one clip."""
+    """The :class:`any2capins.annotators.ArtifactSink` handed to an annotator for one clip."""
 
     def __init__(self, store: ArtifactStore, clip_id: str, stage: str) -> None:
         self.store, self.clip_id, self.stage = store, clip_id, stage

@@ -42,7 +42,7 @@ import cv2
 import fsspec
 import numpy as np
 
-from annotators.base import FrameSampling
+from any2capins.annotators.base import FrameSampling
 
 __all__ = [
     "DEFAULT_READERS",

@@ -1,6 +1,6 @@
 """Data contracts: the record, its parts, failure rows and their Arrow schema."""
 
-from schemas._arrow import (
+from any2capins.schemas._arrow import (
     arrow_schema,
     arrow_type,
     failure_arrow_schema,
@@ -8,7 +8,7 @@ from schemas._arrow import (
     record_arrow_schema,
     to_table,
 )
-from schemas._record import (
+from any2capins.schemas._record import (
     CAPTION_COMPONENTS,
     SCHEMA_VERSION,
     CameraCondition,
@@ -41,8 +41,8 @@ from schemas._record import (
     reason_category,
     utc_now,
 )
-from schemas._refs import payload_refs
-from schemas._shard import ShardRow
+from any2capins.schemas._refs import payload_refs
+from any2capins.schemas._shard import ShardRow
 
 __all__ = [
     "CAPTION_COMPONENTS",

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import pyarrow as pa
 from pydantic import BaseModel
 
-from schemas._record import SCHEMA_VERSION, Failure, Record
+from any2capins.schemas._record import SCHEMA_VERSION, Failure, Record
 
 M = TypeVar("M", bound=BaseModel)
 

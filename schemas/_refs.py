@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from schemas._record import Conditions, PayloadRef
+from any2capins.schemas._record import Conditions, PayloadRef
 
 _REF_KEYS = frozenset(PayloadRef.model_fields)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from schemas._record import (
+from any2capins.schemas._record import (
     CaptionFlag,
     ClipRef,
     ClipStats,
@@ -33,7 +33,9 @@ from schemas._record import (
 
 class ShardRow(_Model):
     clip_id: str
-    instance_id: str = Field(description="schemas.make_instance_id(clip_id, condition types)")
+    instance_id: str = Field(
+        description="any2capins.schemas.make_instance_id(clip_id, condition types)"
+    )
     partition: str = Field(
         description="the instance key: its condition types joined with '+' ('camera+depth'), "
         "or 'none' for an implicit instance of a record without conditions"

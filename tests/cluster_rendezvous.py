@@ -20,8 +20,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from annotators.base import Annotator, AnnotatorConfig, ClipInput, FrameSampling, Resources
-from annotators.conditions import ConditionType
+from any2capins.annotators.base import (
+    Annotator,
+    AnnotatorConfig,
+    ClipInput,
+    FrameSampling,
+    Resources,
+)
+from any2capins.annotators.conditions import ConditionType
 
 
 class Arrival(BaseModel):

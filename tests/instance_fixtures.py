@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.rundir import RunDir
-from schemas import CaptionFlag, Instance, Record, Suitability, make_instance_id
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import CaptionFlag, Instance, Record, Suitability, make_instance_id
 from tests.review_fixtures import make_run
 
 PROMPTS: dict[str, str] = {

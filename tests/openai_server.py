@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel
 
-from annotators import ClipInput
-from annotators.conditions import ConditionType
-from schemas import (
+from any2capins.annotators import ClipInput
+from any2capins.annotators.conditions import ConditionType
+from any2capins.schemas import (
     CameraCondition,
     ClipRef,
     ClipStats,

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.rundir import RunDir, RunInfo
-from pipeline.storage import ArtifactStore
-from schemas import (
+from any2capins.pipeline.rundir import RunDir, RunInfo
+from any2capins.pipeline.storage import ArtifactStore
+from any2capins.schemas import (
     CameraCondition,
     ClipRef,
     ClipStats,

@@ -9,10 +9,10 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from pipeline.rundir import RunDir
-from pipeline.storage import read_payload
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.storage import read_payload
+from any2capins.workflows.cli import app
 from tests import media
-from workflows.cli import app
 
 runner = CliRunner()
 
@@ -59,7 +59,7 @@ def test_demo_build_on_real_clips(ray_session: None, demo_clips: Path, tmp_path:
         ]
         assert len(r["keyframes"]["frames"]) == 4
         for frame in r["keyframes"]["frames"]:
-            from schemas import PayloadRef
+            from any2capins.schemas import PayloadRef
 
             assert read_payload(PayloadRef.model_validate(frame))[:2] == b"\xff\xd8"  # JPEG
 

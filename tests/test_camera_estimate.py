@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotators.base import FrameSampling
-from annotators.camera import (
+from any2capins.annotators.base import FrameSampling
+from any2capins.annotators.camera import (
     EstimationError,
     estimate_camera_trajectory,
     estimate_with_report,
     label_trajectory,
 )
-from annotators.camera.metrics import ate_sim3, trajectory_accuracy, umeyama_sim3
-from annotators.camera.synthetic import SyntheticClip, render_clip
-from annotators.camera.trajectory import matrix_from_rotvec
-from pipeline.video import probe_video, sample_frames
+from any2capins.annotators.camera.metrics import ate_sim3, trajectory_accuracy, umeyama_sim3
+from any2capins.annotators.camera.synthetic import SyntheticClip, render_clip
+from any2capins.annotators.camera.trajectory import matrix_from_rotvec
+from any2capins.pipeline.video import probe_video, sample_frames
 
 # (motion, moving objects, masks given, labels, max mean rotation error deg, max relative ATE)
 CASES = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotators.camera import (
+from any2capins.annotators.camera import (
     CameraFormatError,
     Trajectory,
     TrajectoryError,
@@ -20,8 +20,8 @@ from annotators.camera import (
     read_trajectory,
     write_realestate10k,
 )
-from annotators.camera.formats import detect_format
-from annotators.camera.trajectory import matrix_from_rotvec, rotvec_from_matrix
+from any2capins.annotators.camera.formats import detect_format
+from any2capins.annotators.camera.trajectory import matrix_from_rotvec, rotvec_from_matrix
 from tests.conftest import SHARED_DATA
 
 RE10K = SHARED_DATA / "camera" / "realestate10k"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotators.camera import (
+from any2capins.annotators.camera import (
     SPEEDS,
     VOCABULARY,
     Trajectory,
@@ -17,7 +17,7 @@ from annotators.camera import (
     label_trajectory,
     read_trajectory,
 )
-from annotators.camera.trajectory import matrix_from_rotvec
+from any2capins.annotators.camera.trajectory import matrix_from_rotvec
 from tests.conftest import SHARED_DATA
 
 MOTIONCTRL = SHARED_DATA / "camera" / "motionctrl"

@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-import annotators
-from annotators import PROVENANCE_KEY, Annotator, ClipInput
-from annotators.camera import (
+import any2capins.annotators
+from any2capins.annotators import PROVENANCE_KEY, Annotator, ClipInput
+from any2capins.annotators.camera import (
     CameraAnnotator,
     CameraConditionType,
     CameraConfig,
@@ -26,15 +26,15 @@ from annotators.camera import (
     parse_realestate10k,
     read_trajectory,
 )
-from annotators.camera.masks import subject_masks
-from annotators.camera.synthetic import render_clip
-from annotators.conditions import ConditionType, PayloadReader
-from pipeline.build import run_build
-from pipeline.recipe import resolve_recipe
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from pipeline.storage import read_payload
-from schemas import (
+from any2capins.annotators.camera.masks import subject_masks
+from any2capins.annotators.camera.synthetic import render_clip
+from any2capins.annotators.conditions import ConditionType, PayloadReader
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import resolve_recipe
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.pipeline.storage import read_payload
+from any2capins.schemas import (
     CameraCondition,
     ClipRef,
     Conditions,
@@ -44,13 +44,16 @@ from schemas import (
     Provenance,
     Record,
 )
+from any2capins.workflows.cli import app
 from tests.conftest import REPO, SHARED_DATA
-from workflows.cli import app
 
 RECIPE = REPO / "workflows" / "recipes" / "camera.yaml"
 MOTIONCTRL = SHARED_DATA / "camera" / "motionctrl"
 RE10K = SHARED_DATA / "camera" / "realestate10k"
-REGISTRY: dict[str, type[Annotator]] = {**annotators.BUILTIN_ANNOTATORS, "camera": CameraAnnotator}
+REGISTRY: dict[str, type[Annotator]] = {
+    **any2capins.annotators.BUILTIN_ANNOTATORS,
+    "camera": CameraAnnotator,
+}
 runner = CliRunner()
 
 
@@ -262,7 +265,7 @@ def test_annotator_uses_identity_masks(monkeypatch: pytest.MonkeyPatch, tmp_path
     the estimator (provenance says so) and the motion reads as a clean dolly in."""
     clip = render_clip("dolly_in", moving_objects=3, seed=3)
     registry = {"identities": _FakeIdentities(clip.masks, clip.truth.timestamps_s)}
-    monkeypatch.setattr("annotators.camera.masks.condition_types", lambda: registry)
+    monkeypatch.setattr("any2capins.annotators.camera.masks.condition_types", lambda: registry)
     rec = _with_conditions(_record())
     times = list(clip.truth.timestamps_s)
     ann = CameraAnnotator(CameraConfig(fov_deg=60.0))
@@ -294,7 +297,7 @@ def test_one_bad_clip_does_not_fail_the_batch(tmp_path: Path) -> None:
 
 
 def test_recipe_params_are_validated() -> None:
-    from pipeline.recipe import RecipeError
+    from any2capins.pipeline.recipe import RecipeError
 
     with pytest.raises(RecipeError, match=r"stages\[2\]\.params\.fov"):
         resolve_recipe(_recipe(fov=50), REGISTRY)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from annotators.camera import Trajectory, plucker_embedding, trajectory_plucker
-from annotators.camera.trajectory import matrix_from_rotvec
+from any2capins.annotators.camera import Trajectory, plucker_embedding, trajectory_plucker
+from any2capins.annotators.camera.trajectory import matrix_from_rotvec
 
 
 def _trajectory(n: int = 5) -> Trajectory:

@@ -17,11 +17,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from annotators.captions import ResponseCache
-from annotators.captions.batch import BatchRunner
-from annotators.captions.config import CaptionsConfig
+from any2capins.annotators.captions import ResponseCache
+from any2capins.annotators.captions.batch import BatchRunner
+from any2capins.annotators.captions.config import CaptionsConfig
+from any2capins.workflows.cli import app
 from tests.openai_server import FakeOpenAI
-from workflows.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -135,7 +135,7 @@ def test_build_through_an_endpoint_and_resume(
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "workflows.cli", *args],
+        [sys.executable, "-m", "any2capins.workflows.cli", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

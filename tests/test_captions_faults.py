@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from annotators import PROVENANCE_KEY
-from annotators.captions import (
+from any2capins.annotators import PROVENANCE_KEY
+from any2capins.annotators.captions import (
     PARTS,
     SHORT_PROMPT,
     CaptionsAnnotator,
@@ -19,8 +19,8 @@ from annotators.captions import (
     ResponseCache,
     caption_integrity,
 )
-from annotators.captions.config import Prices
-from schemas import CAPTION_COMPONENTS, StructuredCaption
+from any2capins.annotators.captions.config import Prices
+from any2capins.schemas import CAPTION_COMPONENTS, StructuredCaption
 from tests.openai_server import TEST_TYPES, FakeOpenAI, make_inputs, match_clip, windows
 
 PRICES = {"input_per_mtok": 2.5, "cached_input_per_mtok": 1.25, "output_per_mtok": 10.0}
@@ -31,7 +31,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ANY2CAP_CACHE_DIR", str(tmp_path / "default-cache"))
-    monkeypatch.setattr("annotators.captions.annotator.condition_types", lambda: TEST_TYPES)
+    monkeypatch.setattr(
+        "any2capins.annotators.captions.annotator.condition_types", lambda: TEST_TYPES
+    )
 
 
 @pytest.fixture

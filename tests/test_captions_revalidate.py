@@ -11,11 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from annotators.captions import ResponseCache
-from annotators.captions.cache import Usage, request_key
+from any2capins.annotators.captions import ResponseCache
+from any2capins.annotators.captions.cache import Usage, request_key
+from any2capins.workflows.cli import app
 from tests import media
 from tests.openai_server import FakeOpenAI
-from workflows.cli import app
 
 runner = CliRunner()
 

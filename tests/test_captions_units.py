@@ -11,20 +11,25 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from annotators import PROVENANCE_KEY, config_hash
-from annotators.captions import (
+from any2capins.annotators import PROVENANCE_KEY, config_hash
+from any2capins.annotators.captions import (
     CaptionsAnnotator,
     CaptionsConfig,
     InvalidCaption,
     caption_integrity,
     load_templates,
 )
-from annotators.captions.facts import build_context, colour_name
-from annotators.captions.grounded import compose
-from annotators.captions.limits import RateLimiter, backoff_delay, retry_after_seconds
-from annotators.captions.templates import TEMPLATE_NAMES
-from annotators.captions.validate import is_refusal, parse_answer, part_problems, word_count
-from annotators.captions.writer import part_messages
+from any2capins.annotators.captions.facts import build_context, colour_name
+from any2capins.annotators.captions.grounded import compose
+from any2capins.annotators.captions.limits import RateLimiter, backoff_delay, retry_after_seconds
+from any2capins.annotators.captions.templates import TEMPLATE_NAMES
+from any2capins.annotators.captions.validate import (
+    is_refusal,
+    parse_answer,
+    part_problems,
+    word_count,
+)
+from any2capins.annotators.captions.writer import part_messages
 from tests.openai_server import TEST_TYPES, make_inputs, make_record
 
 ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL", "ANY2CAP_CACHE_DIR")
@@ -35,7 +40,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ANY2CAP_CACHE_DIR", str(tmp_path / "default-cache"))
-    monkeypatch.setattr("annotators.captions.annotator.condition_types", lambda: TEST_TYPES)
+    monkeypatch.setattr(
+        "any2capins.annotators.captions.annotator.condition_types", lambda: TEST_TYPES
+    )
 
 
 # configuration
@@ -73,7 +80,7 @@ def test_bounds_merge_and_unknown_keys_are_refused() -> None:
 
 
 def test_openai_writer_without_endpoint_is_a_clear_error() -> None:
-    from annotators import MissingDependency
+    from any2capins.annotators import MissingDependency
 
     with pytest.raises(MissingDependency, match="OPENAI_API_KEY"):
         CaptionsAnnotator(CaptionsConfig(writer="openai"))
@@ -176,7 +183,7 @@ def test_colour_names() -> None:
 def test_unregistered_condition_fails_the_clip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("annotators.captions.annotator.condition_types", lambda: {})
+    monkeypatch.setattr("any2capins.annotators.captions.annotator.condition_types", lambda: {})
     inputs = make_inputs(tmp_path, 2)
     inputs[1].record.conditions.camera = make_record(tmp_path, 1, camera=True).conditions.camera
     out = CaptionsAnnotator(CaptionsConfig())(inputs)
@@ -272,7 +279,7 @@ def test_grounded_bounds_are_enforced(tmp_path: Path) -> None:
 
 # the cache shared by the actors of a pool
 def _cache_worker(directory: str, worker: int, n: int) -> int:
-    from annotators.captions.cache import ResponseCache, Usage
+    from any2capins.annotators.captions.cache import ResponseCache, Usage
 
     cache = ResponseCache(directory)
     for i in range(n):
@@ -293,7 +300,7 @@ def _cache_worker(directory: str, worker: int, n: int) -> int:
 def test_cache_is_shared_by_processes(tmp_path: Path) -> None:
     import multiprocessing
 
-    from annotators.captions import ResponseCache
+    from any2capins.annotators.captions import ResponseCache
 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
@@ -306,7 +313,7 @@ def test_cache_is_shared_by_processes(tmp_path: Path) -> None:
 
 
 def _open_at_once(directory: str, barrier: Any, worker: int) -> str | None:
-    from annotators.captions.cache import ResponseCache, Usage
+    from any2capins.annotators.captions.cache import ResponseCache, Usage
 
     barrier.wait()
     cache = ResponseCache(directory)
@@ -335,8 +342,8 @@ def test_condition_visuals_plugin_video_and_turns(tmp_path: Path) -> None:
     import numpy as np
     from pydantic import BaseModel
 
-    from annotators.conditions import ConditionType
-    from schemas import PayloadRef
+    from any2capins.annotators.conditions import ConditionType
+    from any2capins.schemas import PayloadRef
     from tests.openai_server import _payload
 
     class Sketch(BaseModel):

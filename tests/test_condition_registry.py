@@ -8,11 +8,11 @@ from importlib.metadata import EntryPoint
 import pytest
 from pydantic import BaseModel
 
-import annotators.conditions as conditions
-from annotators import ClipStatsAnnotator
-from annotators.conditions import ConditionType, condition_types
-from annotators.depth import DepthConditionType
-from schemas import Conditions, PayloadRef, payload_refs
+import any2capins.annotators.conditions as conditions
+from any2capins.annotators import ClipStatsAnnotator
+from any2capins.annotators.conditions import ConditionType, condition_types
+from any2capins.annotators.depth import DepthConditionType
+from any2capins.schemas import Conditions, PayloadRef, payload_refs
 
 
 class Hijack(ConditionType[BaseModel]):
@@ -73,9 +73,9 @@ def test_a_plugin_cannot_take_over_a_stage_name(monkeypatch: pytest.MonkeyPatch)
         assert "skipping condition plugin 'hijack'" in messages
         assert "'clip_stats' (by any2capins)" in messages
         assert "skipping condition plugin 'twin'" in messages
-        assert "'depth' (by annotators.depth:DepthConditionType)" in messages
+        assert "'depth' (by any2capins.annotators.depth:DepthConditionType)" in messages
         assert set(found) == set(builtin), "the built-ins stay, the plugins are skipped"
-        from annotators import all_annotators
+        from any2capins.annotators import all_annotators
 
         assert all_annotators()["clip_stats"] is ClipStatsAnnotator
     finally:

@@ -20,7 +20,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("schemas", "annotators", "pipeline", "workflows")
+# the package folder (its links to the four top-level folders kept as links) and the folders
+PACKAGES = ("any2capins", "schemas", "annotators", "pipeline", "workflows")
 # One package of each extra, and the decoders: none may be in a core install.
 HEAVY = (
     "ray", "fastapi", "sqlalchemy", "openai", "transformers", "torch", "torchvision",
@@ -53,7 +54,12 @@ def core_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     for package in PACKAGES:
-        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / package,
+            src / package,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -85,10 +91,10 @@ def test_core_install_cli_names_the_missing_extra(core_python: Path, tmp_path: P
 
 
 def test_core_install_reads_shards(core_python: Path, tmp_path: Path) -> None:
-    from pipeline.rundir import RunDir
-    from schemas import ReviewState
+    from any2capins.pipeline.rundir import RunDir
+    from any2capins.schemas import ReviewState
+    from any2capins.workflows.export import Reviewed, export_shards
     from tests.test_export import build_run
-    from workflows.export import Reviewed, export_shards
 
     run = build_run(tmp_path / "b", clips=2)
     items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
@@ -96,7 +102,7 @@ def test_core_install_reads_shards(core_python: Path, tmp_path: Path) -> None:
     export_shards(items, str(shards))
     code = (
         "import json, sys\n"
-        "from workflows.export import ShardDataset\n"
+        "from any2capins import ShardDataset\n"
         f"rows = list(ShardDataset({str(shards)!r}, decode=False))\n"
         f"heavy = sorted(m for m in {list(HEAVY)!r} if m in sys.modules)\n"
         "try:\n"

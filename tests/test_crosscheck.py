@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from annotators.captions.config import ImageOptions
-from annotators.captions.crosscheck import CHECKS, CrossCheckSettings, cross_check
-from annotators.captions.facts import build_context
-from annotators.captions.grounded import compose
-from annotators.conditions import condition_types
-from schemas import (
+from any2capins.annotators.captions.config import ImageOptions
+from any2capins.annotators.captions.crosscheck import CHECKS, CrossCheckSettings, cross_check
+from any2capins.annotators.captions.facts import build_context
+from any2capins.annotators.captions.grounded import compose
+from any2capins.annotators.conditions import condition_types
+from any2capins.schemas import (
     CAPTION_COMPONENTS,
     CameraCondition,
     CaptionFlag,
@@ -187,7 +187,7 @@ def test_grounded_writer_on_consistent_record_gives_no_flag() -> None:
     [["pan_left"], ["dolly_in", "tilt_up"], ["orbit_right", "shaky"], ["zoom_out"], ["shaky"]],
 )
 def test_grounded_writer_on_moving_camera_gives_no_flag(labels: list[str]) -> None:
-    from annotators.camera.labels import _sentence  # the labeller's own description
+    from any2capins.annotators.camera.labels import _sentence  # the labeller's own description
 
     cam = camera(labels).model_copy(update={"description": _sentence(labels, "slowly")})
     rec = record(camera=cam, pose=pose(2), identities=identities("person", "dog"))

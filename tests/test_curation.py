@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import annotators
-from annotators import Annotator, AnnotatorConfig, ClipInput, FrameSampling, Resources
-from annotators.dedup_hash import clip_phashes, phash
-from bench.dedup import synthetic_hashes
-from pipeline.build import RunReport, run_build
-from pipeline.curation import parse_rule
-from pipeline.dedup import (
+import any2capins.annotators
+from any2capins.annotators import Annotator, AnnotatorConfig, ClipInput, FrameSampling, Resources
+from any2capins.annotators.dedup_hash import clip_phashes, phash
+from any2capins.pipeline.build import RunReport, run_build
+from any2capins.pipeline.curation import parse_rule
+from any2capins.pipeline.dedup import (
     DedupKey,
     brute_force_pairs,
     chunks,
@@ -29,11 +28,12 @@ from pipeline.dedup import (
     hash_matrix,
     near_duplicate_pairs,
 )
-from pipeline.recipe import RecipeError, ResolvedRecipe, resolve_recipe
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
+from any2capins.pipeline.recipe import RecipeError, ResolvedRecipe, resolve_recipe
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.workflows.cli import app
+from bench.dedup import synthetic_hashes
 from tests import media
-from workflows.cli import app
 
 
 class MotionScoreConfig(AnnotatorConfig):
@@ -88,7 +88,7 @@ def _pickle_by_value() -> None:
 
 
 REGISTRY: dict[str, type[Annotator]] = {
-    **annotators.BUILTIN_ANNOTATORS,
+    **any2capins.annotators.BUILTIN_ANNOTATORS,
     "motion_score": MotionScore,
     "sharpness_score": SharpnessScore,
 }
@@ -270,9 +270,9 @@ def test_missing_score_is_dropped_with_value_none_by_default(
 def test_cli_prints_rules_and_runs_show_lists_filtered(
     moving_and_static: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workflows.recipes
+    import any2capins.workflows.recipes
 
-    monkeypatch.setattr(workflows.recipes, "all_annotators", lambda: REGISTRY)
+    monkeypatch.setattr(any2capins.workflows.recipes, "all_annotators", lambda: REGISTRY)
     path = tmp_path / "r.yaml"
     path.write_text(json.dumps(recipe({"keep": {"motion_fraction": ">= 0.01"}})))
     out = tmp_path / "run"
@@ -424,7 +424,7 @@ def test_multi_index_grouping_equals_brute_force(max_distance: int) -> None:
 
 
 def test_card_plots_each_score_with_its_threshold() -> None:
-    from workflows.export.card import _score_lines, _score_png, score_distributions
+    from any2capins.workflows.export.card import _score_lines, _score_png, score_distributions
 
     rows: list[dict[str, Any]] = [{"clip_id": "a"}, {"clip_id": "a"}, {"clip_id": "b"}]
     rows.append({"clip_id": "c", "scores": None})

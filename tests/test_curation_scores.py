@@ -15,10 +15,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import annotators
-from annotators import ClipInput, FrameSampling, MissingDependency
-from annotators import model_catalog as catalog
-from annotators.curation import (
+import any2capins.annotators
+from any2capins.annotators import ClipInput, FrameSampling, MissingDependency
+from any2capins.annotators import model_catalog as catalog
+from any2capins.annotators.curation import (
     AESTHETIC_SCORES,
     CURATION_ANNOTATORS,
     SCORE_STAGES,
@@ -36,10 +36,10 @@ from annotators.curation import (
     motion_scores,
     quality_scores,
 )
-from pipeline.engine import apply_output
-from pipeline.rundir import RunDir
-from pipeline.video import probe_video, sample_frames
-from schemas import ClipRef, ModelInfo, Provenance, Record, StageProvenance
+from any2capins.pipeline.engine import apply_output
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.video import probe_video, sample_frames
+from any2capins.schemas import ClipRef, ModelInfo, Provenance, Record, StageProvenance
 from tests import media, tiny_models
 
 W, H, N, FPS = 320, 180, 48, 24  # 2 s clips
@@ -175,7 +175,7 @@ def test_cuts_counts_the_boundary_of_two_shots(clips: dict[str, Path]) -> None:
     stage = CutsAnnotator()
     (out,) = stage([clip_input(clips["two_shots"], sampling)])
     assert isinstance(out, dict) and out["scores.cuts"] == 1.0
-    assert out[annotators.PROVENANCE_KEY]["cut_times_s"] == f"{two[0]:.3f}"
+    assert out[any2capins.annotators.PROVENANCE_KEY]["cut_times_s"] == f"{two[0]:.3f}"
 
 
 # --------------------------------------------------------------------------- text (real detector)
@@ -238,12 +238,12 @@ def test_aesthetics_through_the_real_loading_code(
     again = aesthetics(batch[::-1])[::-1]
     for out, same in zip(first, again, strict=True):
         assert isinstance(out, dict) and isinstance(same, dict)
-        assert set(out) == {"scores.aesthetic", annotators.PROVENANCE_KEY}
+        assert set(out) == {"scores.aesthetic", any2capins.annotators.PROVENANCE_KEY}
         assert (
             math.isfinite(out["scores.aesthetic"])
             and out["scores.aesthetic"] == same["scores.aesthetic"]
         )
-        assert out[annotators.PROVENANCE_KEY]["frames"] == "4"
+        assert out[any2capins.annotators.PROVENANCE_KEY]["frames"] == "4"
     # The vision tower and projection came from the whole CLIP checkpoint, not random init.
     frames = list(batch[0].frames)
     pixels = aesthetics.processor(images=frames, return_tensors="pt")["pixel_values"]
@@ -261,7 +261,7 @@ def test_aesthetics_through_the_real_loading_code(
 def test_the_head_follows_the_published_layout(tmp_path: Path) -> None:
     import torch
 
-    from annotators.curation.aesthetics import build_head, load_head_state
+    from any2capins.annotators.curation.aesthetics import build_head, load_head_state
 
     head = build_head(load_head_state(tiny_models.tiny_aesthetic_head(tmp_path / "h.pth", 8)))
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
@@ -391,7 +391,7 @@ def test_stages_write_only_their_own_keys_of_record_scores() -> None:
     assert set(SCORE_STAGES) == ALL_SCORES and SCORE_STAGES["aesthetic"] == "aesthetics"
     assert AESTHETIC_SCORES == ("aesthetic",)
     for cls in CURATION_ANNOTATORS:
-        assert annotators.BUILTIN_ANNOTATORS[cls.name] is cls
+        assert any2capins.annotators.BUILTIN_ANNOTATORS[cls.name] is cls
 
 
 def test_a_bad_clip_fails_alone(clips: dict[str, Path]) -> None:
@@ -411,7 +411,7 @@ def test_cli_builds_every_score_stage_on_demo_clips(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     clip, head = tiny_aesthetics
     monkeypatch.setenv(catalog.ENV_CLIP_MODEL, str(clip))

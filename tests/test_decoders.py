@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotators.base import FrameSampling
-from pipeline import video
-from pipeline.video import ReaderUnavailable, probe_video, sample_frames
+from any2capins.annotators.base import FrameSampling
+from any2capins.pipeline import video
+from any2capins.pipeline.video import ReaderUnavailable, probe_video, sample_frames
 from tests import media
 
 
@@ -153,7 +153,7 @@ def test_decord2_reads_the_right_frames(clips: dict[str, Path]) -> None:
 
 
 def test_missing_extra_message_names_the_extra() -> None:
-    from workflows.cli import missing_extra_message
+    from any2capins.workflows.cli import missing_extra_message
 
     e = ModuleNotFoundError("No module named 'ray'", name="ray")
     assert "install any2capins[build]" in missing_extra_message("build", e)
@@ -179,9 +179,14 @@ HEAVY = {"ray", "fastapi", "openai", "transformers", "torch", "decord", "cv2", "
 
 def test_package_inits_import_nothing_heavy() -> None:
     """The __init__ files load their stages and writers lazily."""
-    assert not _loaded_after("import annotators, schemas, pipeline, workflows") & HEAVY
-    assert not _loaded_after("import workflows.export") & (HEAVY | {"sqlalchemy"})
-    assert not _loaded_after("import annotators.conditions") & HEAVY
+    assert (
+        not _loaded_after(
+            "import any2capins.annotators, any2capins.schemas, any2capins.pipeline, any2capins.workflows"
+        )
+        & HEAVY
+    )
+    assert not _loaded_after("import any2capins.workflows.export") & (HEAVY | {"sqlalchemy"})
+    assert not _loaded_after("import any2capins.annotators.conditions") & HEAVY
 
 
 @pytest.mark.skipif(not HAS_TORCHCODEC, reason="torchcodec (or FFmpeg's shared libs) not here")

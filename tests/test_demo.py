@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.rundir import RunDir
+from any2capins.pipeline.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_STAGES = {"aesthetics", "depth", "pose", "identities"}

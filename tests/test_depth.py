@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import annotators
-from annotators import ClipInput, MissingDependency
-from annotators._media import decode_mp4
-from annotators.depth import (
+import any2capins.annotators
+from any2capins.annotators import ClipInput, MissingDependency
+from any2capins.annotators._media import decode_mp4
+from any2capins.annotators.depth import (
     DEFAULT_DEPTH_MODEL,
     ENV_DEPTH_MODEL,
     DepthAnnotator,
@@ -26,18 +26,18 @@ from annotators.depth import (
     measure_layout,
     normalize_depth,
 )
-from pipeline.build import run_build
-from pipeline.recipe import load_recipe_file, resolve_recipe
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from pipeline.storage import read_payload
-from schemas import ClipRef, DepthCondition, PayloadRef, Provenance, Record
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import load_recipe_file, resolve_recipe
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.pipeline.storage import read_payload
+from any2capins.schemas import ClipRef, DepthCondition, PayloadRef, Provenance, Record
 from tests import tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "workflows" / "recipes" / "depth.yaml"
-REGISTRY: dict[str, type[annotators.Annotator]] = {
-    **annotators.BUILTIN_ANNOTATORS,
+REGISTRY: dict[str, type[any2capins.annotators.Annotator]] = {
+    **any2capins.annotators.BUILTIN_ANNOTATORS,
     "depth": DepthAnnotator,
 }
 
@@ -103,7 +103,7 @@ def record_with(summary: DepthCondition, camera: bool = False) -> Record:
     record = Record(clip=clip, provenance=Provenance(recipe="t", recipe_hash="h", run_id="r"))
     record.conditions.depth = summary
     if camera:
-        from schemas import CameraCondition
+        from any2capins.schemas import CameraCondition
 
         record.conditions.camera = CameraCondition(
             source="estimated",
@@ -369,11 +369,11 @@ def test_depth_recipe_builds_the_demo_clips_and_resumes(
 def test_cli_builds_the_shipped_depth_recipe(
     demo_clips: Path, tiny_depth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workflows.recipes
-    from workflows.cli import app
+    import any2capins.workflows.recipes
+    from any2capins.workflows.cli import app
 
     # Until the entry points are installed, the CLI finds the stage through this registry.
-    monkeypatch.setattr(workflows.recipes, "all_annotators", lambda: REGISTRY)
+    monkeypatch.setattr(any2capins.workflows.recipes, "all_annotators", lambda: REGISTRY)
     monkeypatch.setenv(ENV_DEPTH_MODEL, str(tiny_depth))
     clip = demo_clips / "dog.mp4"
     out = tmp_path / "run"

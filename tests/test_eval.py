@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from schemas import CAPTION_COMPONENTS
+from any2capins.schemas import CAPTION_COMPONENTS
+from any2capins.workflows.cli import app
+from any2capins.workflows.eval import bleu, evaluate, load_entries, meteor, rouge_l, tokens
 from tests.openai_server import make_record
-from workflows.cli import app
-from workflows.eval import bleu, evaluate, load_entries, meteor, rouge_l, tokens
 
 runner = CliRunner()
 
@@ -98,7 +98,7 @@ def test_run_directory_with_review_edits_as_reference(tmp_path: Path) -> None:
         (run / "records").mkdir(parents=True)
         for i in range(2):
             rec = make_record(tmp_path / "data", i)
-            from schemas import StructuredCaption
+            from any2capins.schemas import StructuredCaption
 
             rec.caption = StructuredCaption(
                 **dict.fromkeys(CAPTION_COMPONENTS, "A dog runs on grass.")

@@ -14,13 +14,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build import run_build
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from schemas import Record, ReviewState, StructuredCaption
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.schemas import Record, ReviewState, StructuredCaption
+from any2capins.workflows.export import Reviewed, export_shards, verify_shards, write_card
+from any2capins.workflows.recipes import load_recipe
 from tests import media
-from workflows.export import Reviewed, export_shards, verify_shards, write_card
-from workflows.recipes import load_recipe
 
 
 def caption_for(record: Record) -> StructuredCaption:
@@ -151,9 +151,9 @@ def test_verify_catches_tampering_and_orphans(run: Path, tmp_path: Path) -> None
 
 KILL_SCRIPT = """
 import sys
-from pipeline.rundir import RunDir
-from schemas import ReviewState
-from workflows.export import Reviewed, export_shards
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import ReviewState
+from any2capins.workflows.export import Reviewed, export_shards
 items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(sys.argv[1]).records()]
 export_shards(items, sys.argv[2], shard_size_mb=0.000001)
 """
@@ -217,7 +217,7 @@ def test_dataset_card(run: Path, tmp_path: Path) -> None:
 READER_SCRIPT = """
 import json, sys
 from torch.utils.data import DataLoader
-from workflows.export import ShardDataset
+from any2capins.workflows.export import ShardDataset
 seen = []
 shuffle = sys.argv[2] == "shuffle"
 for epoch in range(2):
@@ -265,7 +265,7 @@ def test_torch_reader_two_workers_two_ranks_exactly_once(
 
 
 def _order(shards: Path, epoch: int, **kwargs: object) -> list[str]:
-    from workflows.export.reader import ShardDataset
+    from any2capins.workflows.export.reader import ShardDataset
 
     ds = ShardDataset(str(shards), decode=False, **kwargs)  # type: ignore[arg-type]
     ds.set_epoch(epoch)
@@ -288,7 +288,7 @@ def test_reader_shuffles_per_epoch_reproducibly(run: Path, tmp_path: Path) -> No
 
 
 def test_reader_reads_only_its_row_groups(run: Path, tmp_path: Path) -> None:
-    from workflows.export.reader import ShardDataset, assign_units
+    from any2capins.workflows.export.reader import ShardDataset, assign_units
 
     items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
     shards = tmp_path / "shards"
@@ -344,7 +344,7 @@ def test_hf_datasets_loads_the_shards(run: Path, tmp_path: Path) -> None:
 def test_shards_verify_cli(run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
     shards = tmp_path / "shards"
@@ -358,8 +358,8 @@ def test_shards_verify_cli(run: Path, tmp_path: Path) -> None:
 
 
 def test_one_export_at_a_time_per_folder(run: Path, tmp_path: Path) -> None:
-    from pipeline.storage import Storage
-    from workflows.export import ExportError
+    from any2capins.pipeline.storage import Storage
+    from any2capins.workflows.export import ExportError
 
     items = [Reviewed(r, ReviewState(status="accepted")) for r in RunDir(str(run)).records()]
     shards = tmp_path / "shards"

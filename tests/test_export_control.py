@@ -21,18 +21,25 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from annotators.camera import parse_realestate10k
-from pipeline.build import run_build
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from schemas import CAPTION_COMPONENTS, FrameGrid, Instance, Record, ReviewState, make_instance_id
+from any2capins.annotators.camera import parse_realestate10k
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.schemas import (
+    CAPTION_COMPONENTS,
+    FrameGrid,
+    Instance,
+    Record,
+    ReviewState,
+    make_instance_id,
+)
+from any2capins.workflows.cli import app
+from any2capins.workflows.export import Reviewed, export_shards, verify_shards
+from any2capins.workflows.export.formats.control import COLUMNS, ControlFormat
+from any2capins.workflows.recipes import load_recipe
+from any2capins.workflows.review import open_store
 from tests.instance_fixtures import make_instance_run
 from tests.tiny_env import tiny_model_env
-from workflows.cli import app
-from workflows.export import Reviewed, export_shards, verify_shards
-from workflows.export.formats.control import COLUMNS, ControlFormat
-from workflows.recipes import load_recipe
-from workflows.review import open_store
 
 runner = CliRunner()
 GRID = FrameGrid(num_frames=12, size=256)
@@ -197,7 +204,7 @@ def test_control_export_through_the_cli(grid_run: Path, tmp_path: Path) -> None:
     # verify catches a control video with a frame too few and a missing reference image
     pose = next(r for r in rows if r["control_pose_path"])
     frames, rate = _video(out / pose["control_pose_path"])
-    from annotators._media import encode_mp4
+    from any2capins.annotators._media import encode_mp4
 
     (out / pose["control_pose_path"]).write_bytes(encode_mp4(frames[:-1], rate))
     ref = next(r for r in rows if r["ref_image_paths"])

@@ -15,15 +15,15 @@ import av
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from annotators.camera import parse_realestate10k
-from pipeline.rundir import RunDir
-from pipeline.storage import ArtifactStore
-from schemas import CAPTION_COMPONENTS, Record, ReviewState, make_instance_id
+from any2capins.annotators.camera import parse_realestate10k
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.storage import ArtifactStore
+from any2capins.schemas import CAPTION_COMPONENTS, Record, ReviewState, make_instance_id
+from any2capins.workflows.export import ExportError, Reviewed, export_shards, verify_shards
+from any2capins.workflows.export.formats.sft import SftFormat
+from any2capins.workflows.export.run import export_run
+from any2capins.workflows.review import open_store
 from tests.instance_fixtures import PROMPTS, make_instance_run
-from workflows.export import ExportError, Reviewed, export_shards, verify_shards
-from workflows.export.formats.sft import SftFormat
-from workflows.export.run import export_run
-from workflows.review import open_store
 
 HUMAN_CAMERA = "The camera trucks right past a grey cube on a glowing gradient."
 HUMAN_DENSE = "A grey square slides right across a gradient while a white block stays put."

@@ -12,13 +12,19 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.rundir import RunDir
-from schemas import CAPTION_COMPONENTS, Record, ReviewState, make_instance_id, reason_category
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import (
+    CAPTION_COMPONENTS,
+    Record,
+    ReviewState,
+    make_instance_id,
+    reason_category,
+)
+from any2capins.workflows.export import Reviewed, export_shards, verify_shards, write_card
+from any2capins.workflows.export.run import export_run
+from any2capins.workflows.review import open_store
 from tests.instance_fixtures import FLAGS, PROMPTS, make_instance_run
 from tests.review_fixtures import make_run
-from workflows.export import Reviewed, export_shards, verify_shards, write_card
-from workflows.export.run import export_run
-from workflows.review import open_store
 
 HUMAN_CAMERA = "The camera trucks right past a grey cube on a glowing gradient."
 HUMAN_DENSE = "A grey square slides right across a gradient while a white block stays put."
@@ -187,7 +193,7 @@ def test_hf_datasets_and_the_reader_see_the_instances(run: Path, tmp_path: Path)
 
     import torch
 
-    from workflows.export.reader import ShardDataset
+    from any2capins.workflows.export.reader import ShardDataset
 
     samples = list(ShardDataset(str(shards), decode=False))
     assert len(samples) == 7 and len({s["instance_id"] for s in samples}) == 7

@@ -15,16 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.build import run_build
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from schemas import Record
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.schemas import Record
+from any2capins.workflows.cli import app
+from any2capins.workflows.export import ShardDataset, verify_shards
+from any2capins.workflows.recipes import load_recipe
+from any2capins.workflows.review import Invalid, ReviewStore, UserInfo, open_store
 from tests import media
 from tests.review_fixtures import free_port, fresh_pg_database
-from workflows.cli import app
-from workflows.export import ShardDataset, verify_shards
-from workflows.recipes import load_recipe
-from workflows.review import Invalid, ReviewStore, UserInfo, open_store
 
 runner = CliRunner()
 CLIPS = 8

@@ -11,17 +11,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.rundir import RunDir
-from schemas import ReviewState, ShardRow, to_table
-from tests.test_export import build_run
-from workflows.export import Reviewed, export_shards, verify_shards
-from workflows.export import shards as shards_module
-from workflows.export.shards import (
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import ReviewState, ShardRow, to_table
+from any2capins.workflows.export import Reviewed, export_shards, verify_shards
+from any2capins.workflows.export import shards as shards_module
+from any2capins.workflows.export.shards import (
     record_payloads,
     shard_rows,
     shard_table,
     write_parquet_shard,
 )
+from tests.test_export import build_run
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from annotators import all_annotators
-from pipeline.fit import (
+from any2capins.annotators import all_annotators
+from any2capins.pipeline.fit import (
     Pool,
     ResourceRefusal,
     Supply,
@@ -23,9 +23,9 @@ from pipeline.fit import (
     fit_pools,
     ray_supply,
 )
-from pipeline.recipe import RecipeError, resolve_recipe
+from any2capins.pipeline.recipe import RecipeError, resolve_recipe
+from any2capins.workflows.cli import app
 from tests.tiny_models import tiny_depth_model
-from workflows.cli import app
 
 runner = CliRunner()
 

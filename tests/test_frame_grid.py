@@ -1,5 +1,5 @@
 """The recipe's ``frame_grid``: every condition stage samples the same timestamps (one rule,
-``annotators.keyframes.stage_sampling``), each condition records the grid, imported cameras
+``any2capins.annotators.keyframes.stage_sampling``), each condition records the grid, imported cameras
 are resampled onto it, and recipes without a grid resolve exactly as before."""
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
-from annotators.camera import Trajectory, TrajectoryError, parse_realestate10k
-from annotators.keyframes import grid_sampling, stage_sampling
-from pipeline.build import run_build
-from pipeline.recipe import RecipeError
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from pipeline.storage import read_payload
-from schemas import FrameGrid, Record
+from any2capins.annotators.camera import Trajectory, TrajectoryError, parse_realestate10k
+from any2capins.annotators.keyframes import grid_sampling, stage_sampling
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import RecipeError
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.pipeline.storage import read_payload
+from any2capins.schemas import FrameGrid, Record
+from any2capins.workflows.recipes import load_recipe
 from tests.media import make_video
 from tests.tiny_env import tiny_model_env
-from workflows.recipes import load_recipe
 
 CONDITIONS = ("identities", "depth", "pose", "camera")
 

@@ -16,26 +16,30 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import annotators
-import workflows.recipes
-from annotators import PROVENANCE_KEY, Annotator, ClipInput, MissingDependency
-from annotators._models import model_file
-from annotators.identities import IdentitiesAnnotator, IdentitiesConditionType, IdentitiesConfig
-from annotators.identities.annotator import (
+import any2capins.annotators
+import any2capins.workflows.recipes
+from any2capins.annotators import PROVENANCE_KEY, Annotator, ClipInput, MissingDependency
+from any2capins.annotators._models import model_file
+from any2capins.annotators.identities import (
+    IdentitiesAnnotator,
+    IdentitiesConditionType,
+    IdentitiesConfig,
+)
+from any2capins.annotators.identities.annotator import (
     detection_indices,
     resolve_device,
     write_identities,
 )
-from annotators.identities.condition import position_phrase
-from annotators.identities.detector import Detection, YoloxDetector, postprocess
-from annotators.identities.grounding import (
+from any2capins.annotators.identities.condition import position_phrase
+from any2capins.annotators.identities.detector import Detection, YoloxDetector, postprocess
+from any2capins.annotators.identities.grounding import (
     GroundingDinoDetector,
     grounded_detections,
     match_noun,
     text_prompt,
 )
-from annotators.identities.segmenter import BoxPrompt, Sam2VideoSegmenter
-from annotators.identities.selection import (
+from any2capins.annotators.identities.segmenter import BoxPrompt, Sam2VideoSegmenter
+from any2capins.annotators.identities.selection import (
     IdentityTrack,
     Tracklet,
     box_mask,
@@ -54,13 +58,13 @@ from annotators.identities.selection import (
     tracks_from_masks,
     unpack_masks,
 )
-from annotators.yolox import letterbox, nms
-from pipeline.build import run_build
-from pipeline.recipe import load_recipe_file, resolve_recipe
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from pipeline.storage import ArtifactStore, read_payload
-from schemas import (
+from any2capins.annotators.yolox import letterbox, nms
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import load_recipe_file, resolve_recipe
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.pipeline.storage import ArtifactStore, read_payload
+from any2capins.schemas import (
     ClipRef,
     IdentitiesCondition,
     Identity,
@@ -72,9 +76,9 @@ from schemas import (
     record_arrow_schema,
     to_table,
 )
+from any2capins.workflows.cli import app
 from tests.tiny_models import tiny_depth_model, tiny_detector
 from tests.tiny_sam2 import detector_rows, tiny_coco_detector, tiny_grounding_dino, tiny_sam2
-from workflows.cli import app
 
 RECIPES = Path(__file__).resolve().parents[1] / "workflows" / "recipes"
 
@@ -753,7 +757,7 @@ def test_identities_recipe_builds_demo_clips_and_resumes(
 ) -> None:
     tiny_model_paths = [models["detector"], models["sam2"]]
     registry: dict[str, type[Annotator]] = {
-        **annotators.BUILTIN_ANNOTATORS,
+        **any2capins.annotators.BUILTIN_ANNOTATORS,
         "identities": IdentitiesAnnotator,
     }
     data = load_recipe_file(RECIPES / "identities.yaml")
@@ -788,17 +792,17 @@ def test_composition_recipe_runs_camera_on_identity_masks(
     names = [s["annotator"] for s in data["stages"]]
     assert names == ["clip_stats", "keyframes", "identities", "depth", "camera"]
     assert data["stages"][-1]["depends_on"] == ["identities"]
-    registry = annotators.all_annotators()
+    registry = any2capins.annotators.all_annotators()
     registry["identities"] = IdentitiesAnnotator
     try:
-        import annotators.camera.masks as camera_masks
-        from annotators.camera import CameraAnnotator
+        import any2capins.annotators.camera.masks as camera_masks
+        from any2capins.annotators.camera import CameraAnnotator
     except ImportError:
         pytest.skip("the camera stage is not there yet")
     registry.setdefault("camera", CameraAnnotator)
     if "depth" not in registry:
         pytest.skip("the depth stage is not registered")
-    from annotators.conditions import condition_types
+    from any2capins.annotators.conditions import condition_types
 
     # Until the package's entry point lists identities, hand it to the camera's mask reader.
     types = {**condition_types(), "identities": IdentitiesConditionType()}
@@ -806,7 +810,7 @@ def test_composition_recipe_runs_camera_on_identity_masks(
     tiny_depth_model(models["sam2"].parent / "depth")
     monkeypatch.setenv("ANY2CAP_DEPTH_MODEL", str(models["sam2"].parent / "depth"))
     # The shipped recipe through the CLI, as a user runs it (registry as above).
-    monkeypatch.setattr(workflows.recipes, "all_annotators", lambda: registry)
+    monkeypatch.setattr(any2capins.workflows.recipes, "all_annotators", lambda: registry)
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app,

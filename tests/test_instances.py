@@ -16,13 +16,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from annotators.captions.config import ImageOptions
-from annotators.captions.facts import build_context
-from annotators.captions.instances import InstancesConfig, plan_instances
-from annotators.conditions import condition_types
-from pipeline.recipe import RecipeError, load_recipe_file
-from pipeline.rundir import RunDir
-from schemas import (
+from any2capins.annotators.captions.config import ImageOptions
+from any2capins.annotators.captions.facts import build_context
+from any2capins.annotators.captions.instances import InstancesConfig, plan_instances
+from any2capins.annotators.conditions import condition_types
+from any2capins.pipeline.recipe import RecipeError, load_recipe_file
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import (
     CameraCondition,
     DepthCondition,
     PayloadRef,
@@ -30,11 +30,11 @@ from schemas import (
     Suitability,
     make_instance_id,
 )
+from any2capins.workflows.cli import app
+from any2capins.workflows.recipes import load_recipe
 from tests.media import _encode
 from tests.openai_server import FakeOpenAI, make_record
 from tests.tiny_env import tiny_model_env
-from workflows.cli import app
-from workflows.recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "workflows" / "recipes" / "any2capins.yaml"
@@ -306,7 +306,7 @@ def review_and_export(run: Path, shards: Path, records: dict[str, Record]) -> No
     """Accept every item, editing one instance's prompt, export, read back the shards."""
     from datasets import load_dataset
 
-    from workflows.review import open_store
+    from any2capins.workflows.review import open_store
 
     store = open_store(str(run))
     try:
@@ -380,8 +380,8 @@ def test_a_prompt_that_keeps_breaking_its_rules_fails_only_its_clip(tmp_path: Pa
     """Every answer for clip 0's camera instance describes the camera: after the repair
     prompts the clip is an InvalidCaption (a failure row in a build), the other clip is
     written, and nothing raises."""
-    from annotators.captions.errors import InvalidCaption
-    from annotators.captions.instances import InstancesAnnotator
+    from any2capins.annotators.captions.errors import InvalidCaption
+    from any2capins.annotators.captions.instances import InstancesAnnotator
     from tests.openai_server import make_inputs, match_clip
 
     inputs = make_inputs(tmp_path / "data", 2, camera=True)

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.engine import probe_source
-from pipeline.recipe import SpanConfig
-from pipeline.sources import SourceError, list_sources
-from pipeline.spans import clamp_warning, make_spans
-from pipeline.video import probe_video
+from any2capins.pipeline.engine import probe_source
+from any2capins.pipeline.recipe import SpanConfig
+from any2capins.pipeline.sources import SourceError, list_sources
+from any2capins.pipeline.spans import clamp_warning, make_spans
+from any2capins.pipeline.video import probe_video
 from tests import media
 
 SPANS = SpanConfig().model_dump()
@@ -106,7 +106,7 @@ def test_a_manifest_without_one_usable_row_is_refused_naming_every_row(folder: P
 
 
 def test_build_fails_bad_rows_and_builds_good_ones(folder: Path) -> None:
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     path, expected = _csv(folder)
     out = folder / "run"
@@ -154,7 +154,7 @@ def test_span_end_past_the_video_is_clamped_with_a_warning(
     assert clamp_warning(info, info.duration_s + 0.01) is None  # rounding, not a mistake
     warning = clamp_warning(info, 9.0)
     assert warning is not None and "9.000s is past the end" in warning and "clamped" in warning
-    with caplog.at_level(logging.WARNING, logger="pipeline.spans"):
+    with caplog.at_level(logging.WARNING, logger="any2capins.pipeline.spans"):
         spans = make_spans(info, str(folder / "v.mp4"), SpanConfig(), 0.5, 9.0)
     assert spans == [(0.5, round(info.duration_s, 3))]
     assert warning in caplog.text
@@ -163,7 +163,7 @@ def test_span_end_past_the_video_is_clamped_with_a_warning(
 
 
 def test_a_clamped_span_end_is_a_warning_in_the_report(folder: Path) -> None:
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     path = folder / "m.csv"
     path.write_text("uri,start,end\nv.mp4,0,9\n")

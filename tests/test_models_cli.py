@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from annotators import model_catalog as catalog
+from any2capins.annotators import model_catalog as catalog
 from tests.tiny_models import tiny_depth_model, tiny_dwpose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def models(
     hub_url: str, hf_home: Path, *args: str, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workflows.cli", "models", *args],
+        [sys.executable, "-m", "any2capins.workflows.cli", "models", *args],
         cwd=REPO,
         env=_env(hub_url, hf_home, **extra),
         capture_output=True,
@@ -259,7 +259,7 @@ def test_fetch_depth_lands_in_the_cache_and_the_build_finds_it(
     hub, files = served
     hf_home = tmp_path / "hf"
     probe = (
-        "from annotators.depth import DepthAnnotator, DepthConfig\n"
+        "from any2capins.annotators.depth import DepthAnnotator, DepthConfig\n"
         "DepthAnnotator.preflight(DepthConfig())\n"
         "a = DepthAnnotator(DepthConfig())\n"
         "print('version', a.model_version)\n"
@@ -309,8 +309,8 @@ def test_fetch_pose_files_and_the_shared_detector(
     hub, files = served
     hf_home = tmp_path / "hf"
     probe = (
-        "from annotators.pose import PoseAnnotator, PoseConfig\n"
-        "from annotators.identities.detector import detector_file\n"
+        "from any2capins.annotators.pose import PoseAnnotator, PoseConfig\n"
+        "from any2capins.annotators.identities.detector import detector_file\n"
         "PoseAnnotator.preflight(PoseConfig())\n"
         "print('yolox', detector_file('yzd-v/DWPose:yolox_l.onnx'))\n"
     )
@@ -408,13 +408,13 @@ def test_selection_by_model_and_stage() -> None:
 
 
 def test_catalog_is_what_the_stages_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    from annotators.depth import DepthConfig, depth_license
-    from annotators.identities.annotator import IdentitiesConfig
-    from annotators.identities.grounding import GROUNDING_LICENSE
-    from annotators.identities.segmenter import SAM2_LICENSE
-    from annotators.pose import PoseConfig
-    from annotators.pose._condition import _license
-    from annotators.yolox import DETECTOR_LICENSE
+    from any2capins.annotators.depth import DepthConfig, depth_license
+    from any2capins.annotators.identities.annotator import IdentitiesConfig
+    from any2capins.annotators.identities.grounding import GROUNDING_LICENSE
+    from any2capins.annotators.identities.segmenter import SAM2_LICENSE
+    from any2capins.annotators.pose import PoseConfig
+    from any2capins.annotators.pose._condition import _license
+    from any2capins.annotators.yolox import DETECTOR_LICENSE
 
     for m in catalog.DEFAULT_MODELS:
         monkeypatch.delenv(m.env, raising=False)

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import annotators
-from pipeline.storage import read_payload
-from schemas import PayloadRef, Record
+import any2capins.annotators
+from any2capins.pipeline.storage import read_payload
+from any2capins.schemas import PayloadRef, Record
 from tests import media
 from tests.conftest import DEMO_CLIPS, REPO
 
@@ -92,18 +92,18 @@ REGISTRY_SCRIPT = """
 import json, sys, warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    import annotators
-    from annotators import all_annotators
-    from annotators.conditions import condition_types
-    from pipeline.recipe import RecipeError
-    from workflows.recipes import load_recipe
+    import any2capins.annotators
+    from any2capins.annotators import all_annotators
+    from any2capins.annotators.conditions import condition_types
+    from any2capins.pipeline.recipe import RecipeError
+    from any2capins.workflows.recipes import load_recipe
     types = condition_types()
     try:
         recipe = [s.name for s in load_recipe(sys.argv[1]).stages]
     except RecipeError as e:
         recipe = str(e)
 print(json.dumps({
-    "annotators_file": annotators.__file__,
+    "annotators_file": any2capins.annotators.__file__,
     "types": {n: type(t).__module__ + "." + type(t).__qualname__ for n, t in types.items()},
     "stages": sorted(all_annotators()),
     "recipe": recipe,
@@ -114,9 +114,9 @@ print(json.dumps({
 # Run inside the plugin venv: the plugin's own decoder, facts and prompt check on each record.
 DECODE_SCRIPT = """
 import json, pathlib, sys
-from annotators.conditions import condition_types
-from pipeline.storage import read_payload
-from schemas import Record
+from any2capins.annotators.conditions import condition_types
+from any2capins.pipeline.storage import read_payload
+from any2capins.schemas import Record
 ctype = condition_types()["motion_energy"]
 out = {}
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
@@ -191,7 +191,7 @@ def plugin_venv(tmp_path_factory: pytest.TempPathFactory) -> PluginVenv:
     # last for an editable install of any other kind. pip and setuptools (torch depends on
     # it) come from the project venv as well, which is what lets the install run offline.
     lines = [f"import site; site.addsitedir({p!r})" for p in _project_site_dirs()]
-    lines.append(str(Path(annotators.__file__).resolve().parents[1]))
+    lines.append(str(Path(any2capins.annotators.__file__).resolve().parents[1]))
     (Path(purelib.stdout.strip()) / "_any2capins_project.pth").write_text("\n".join(lines) + "\n")
 
     # Build from copies: setuptools writes build/ and *.egg-info next to the sources.
@@ -259,7 +259,7 @@ def _build_args(sources: Path, out: Path) -> list[str | Path]:
     """`any2cap build` as a module, so any interpreter can run it (no console script needed)."""
     recipe, manifest = sources / "recipe.yaml", sources / "manifest.csv"
     return [
-        *("-m", "workflows.cli", "build", recipe, "--input", manifest, "--out", out),
+        *("-m", "any2capins.workflows.cli", "build", recipe, "--input", manifest, "--out", out),
         *("--executor", "local", "--no-progress"),
     ]
 
@@ -296,7 +296,7 @@ def test_entry_point_registers_the_plugin_and_skips_the_broken_one(
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout)
     # the venv really runs this checkout, through the project's environment
-    assert Path(seen["annotators_file"]).resolve() == Path(annotators.__file__).resolve()
+    assert Path(seen["annotators_file"]).resolve() == Path(any2capins.annotators.__file__).resolve()
     assert seen["types"]["motion_energy"] == (
         "any2cap_motion_energy.condition.MotionEnergyConditionType"
     )
@@ -415,7 +415,7 @@ def test_plugin_tests_pass_against_the_installed_plugin(plugin_venv: PluginVenv)
 def test_without_the_plugin_the_recipe_is_refused_naming_the_stage(
     sources: Path, tmp_path: Path
 ) -> None:
-    from annotators.conditions import condition_types
+    from any2capins.annotators.conditions import condition_types
 
     if "motion_energy" in condition_types():
         pytest.skip("the example plugin is installed in the project's own environment")
@@ -429,7 +429,7 @@ def test_without_the_plugin_the_recipe_is_refused_naming_the_stage(
 
 READ_SHARDS_SCRIPT = """
 import json, sys
-from workflows.export import ShardDataset
+from any2capins.workflows.export import ShardDataset
 seen = {}
 for sample in ShardDataset(sys.argv[1]):
     seen[sample["clip_id"]] = {
@@ -448,8 +448,8 @@ def test_plugin_payloads_are_embedded_in_shards_and_decoded_by_the_reader(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from schemas import ReviewState, payload_refs
-    from workflows.export import Reviewed, export_shards, verify_shards
+    from any2capins.schemas import ReviewState, payload_refs
+    from any2capins.workflows.export import Reviewed, export_shards, verify_shards
 
     proc, out = plugin_build
     assert proc.returncode == 0, proc.stderr

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import annotators
-from annotators import ClipInput, MissingDependency
-from annotators._media import decode_mp4
-from annotators._onnx import open_model
-from annotators.pose import (
+import any2capins.annotators
+from any2capins.annotators import ClipInput, MissingDependency
+from any2capins.annotators._media import decode_mp4
+from any2capins.annotators._onnx import open_model
+from any2capins.annotators.pose import (
     DEFAULT_DETECTOR,
     ENV_DETECTOR,
     ENV_POSE_MODEL,
@@ -30,22 +30,22 @@ from annotators.pose import (
     track_boxes,
     wholebody_to_openpose,
 )
-from annotators.pose._draw import BODY_COLORS, hand_edge_color
-from annotators.pose._keypoints import select_tracks
-from annotators.pose._runner import decode_simcc, detect_people, estimate_poses
-from pipeline.build import run_build
-from pipeline.recipe import load_recipe_file, resolve_recipe
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from pipeline.storage import read_payload
-from schemas import ClipRef, PayloadRef, PoseCondition, Provenance, Record
+from any2capins.annotators.pose._draw import BODY_COLORS, hand_edge_color
+from any2capins.annotators.pose._keypoints import select_tracks
+from any2capins.annotators.pose._runner import decode_simcc, detect_people, estimate_poses
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import load_recipe_file, resolve_recipe
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.pipeline.storage import read_payload
+from any2capins.schemas import ClipRef, PayloadRef, PoseCondition, Provenance, Record
 from tests import tiny_models
 from tests.tiny_models import crop_to_image, standing_person
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "workflows" / "recipes" / "pose.yaml"
-REGISTRY: dict[str, type[annotators.Annotator]] = {
-    **annotators.BUILTIN_ANNOTATORS,
+REGISTRY: dict[str, type[any2capins.annotators.Annotator]] = {
+    **any2capins.annotators.BUILTIN_ANNOTATORS,
     "pose": PoseAnnotator,
 }
 CPU = ["CPUExecutionProvider"]
@@ -337,7 +337,7 @@ def test_rendering_of_a_fixed_pose_is_stable() -> None:
     points, scores = standing_person()
     box = (179.2, 51.2, 332.8, 256.0)
     op, ops = wholebody_to_openpose(crop_to_image(points, box)[None], scores[None])
-    from annotators.pose import normalize_and_mask
+    from any2capins.annotators.pose import normalize_and_mask
 
     img = draw_pose(normalize_and_mask(op, ops, 512, 288), ops, 288, 512)
     digest = hashlib.sha256(img.tobytes()).hexdigest()
@@ -499,7 +499,7 @@ def test_pose_recipe_builds_the_demo_clips(
 def test_depth_and_pose_stages_run_on_ray(
     ray_session: None, demo_clips: Path, dwpose: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from annotators.depth import DepthAnnotator
+    from any2capins.annotators.depth import DepthAnnotator
 
     depth_model = tiny_models.tiny_depth_model(tmp_path / "depth")
     recipe = {

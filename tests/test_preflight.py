@@ -11,14 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from annotators import MissingDependency
-from annotators.depth import DepthAnnotator, DepthConfig
-from annotators.identities import IdentitiesAnnotator, IdentitiesConfig
-from annotators.pose import PoseAnnotator, PoseConfig
+from any2capins.annotators import MissingDependency
+from any2capins.annotators.depth import DepthAnnotator, DepthConfig
+from any2capins.annotators.identities import IdentitiesAnnotator, IdentitiesConfig
+from any2capins.annotators.pose import PoseAnnotator, PoseConfig
+from any2capins.workflows.cli import app
 from tests import media
 from tests.tiny_models import tiny_depth_model, tiny_dwpose
 from tests.tiny_sam2 import tiny_coco_detector, tiny_grounding_dino, tiny_sam2
-from workflows.cli import app
 
 BOX = (64.0, 40.0, 224.0, 340.0)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import run_build
-from pipeline.progress import (
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.progress import (
     PROBE,
     ProgressTracker,
     ProgressView,
@@ -21,10 +21,10 @@ from pipeline.progress import (
     format_duration,
     format_line,
 )
-from pipeline.sources import list_sources
+from any2capins.pipeline.sources import list_sources
+from any2capins.workflows.progress_display import PlainLines
+from any2capins.workflows.recipes import load_recipe
 from tests import media
-from workflows.progress_display import PlainLines
-from workflows.recipes import load_recipe
 
 STAGES = ["clip_stats", "keyframes", "captions"]
 ANY2CAP = str(Path(sys.executable).parent / "any2cap")
@@ -284,7 +284,7 @@ def test_bars_on_a_terminal_render_every_stage() -> None:
 
     from rich.console import Console
 
-    from workflows.progress_display import Bars, make_display
+    from any2capins.workflows.progress_display import Bars, make_display
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=200)

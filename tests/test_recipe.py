@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import RecipeError
-from workflows.recipes import load_recipe, shipped_recipes
+from any2capins.pipeline.recipe import RecipeError
+from any2capins.workflows.recipes import load_recipe, shipped_recipes
 
 
 def _write(tmp_path: Path, text: str) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import RecipeError
-from workflows.recipes import load_recipe
+from any2capins.pipeline.recipe import RecipeError
+from any2capins.workflows.recipes import load_recipe
 
 
 def problems_of(tmp_path: Path, text: str) -> list[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.partlog import PartLog
-from pipeline.rundir import RunDir
-from pipeline.storage import Storage
+from any2capins.pipeline.partlog import PartLog
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.storage import Storage
 from tests import media
 
 pytestmark = pytest.mark.slow
@@ -153,8 +153,8 @@ def test_sigkill_then_rerun_gives_every_clip_once(
 # compacted part's write and the last delete; the compaction itself is the real code.
 _COMPACT_CHILD = """
 import sys, time
-from pipeline import storage
-from pipeline.partlog import PartLog
+from any2capins.pipeline import storage
+from any2capins.pipeline.partlog import PartLog
 slow = storage.Storage.delete
 def delete(self, rel):
     time.sleep(0.002)

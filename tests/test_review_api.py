@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
-from pipeline.rundir import RunDir
-from schemas import PayloadRef
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import PayloadRef
+from any2capins.workflows.review import ReviewPolicy, ReviewStore, open_store
+from any2capins.workflows.review.app import CSP, create_app
 from tests.review_fixtures import fresh_pg_database, live_server, make_run
-from workflows.review import ReviewPolicy, ReviewStore, open_store
-from workflows.review.app import CSP, create_app
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "workflows" / "review" / "templates"
 FIELDS = ("dense", "main_object", "background", "camera", "style", "action", "short_prompt")
@@ -455,7 +455,7 @@ def test_concurrent_api_clients_never_get_the_same_slot(served: tuple[str, Revie
 
 
 def test_cli_users_tokens_ingest_stats(tmp_path: Path) -> None:
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     run = make_run(tmp_path / "run", n=3)
     runner = CliRunner()

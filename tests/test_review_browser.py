@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from any2capins.workflows.review import ReviewStore, open_store
+from any2capins.workflows.review.app import create_app
 from tests.review_fixtures import CHROMIUM, IN_CI, live_server, make_run
-from workflows.review import ReviewStore, open_store
-from workflows.review.app import create_app
 
 PASSWORD = "correct-horse-battery"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -24,12 +24,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from schemas import utc_now
+from any2capins.schemas import utc_now
+from any2capins.workflows.review import Invalid, ReviewStore, open_store
+from any2capins.workflows.review import store as store_module
+from any2capins.workflows.review.app import create_app
+from any2capins.workflows.review.store import Throttled
 from tests.review_fixtures import free_port, fresh_pg_database, make_run
-from workflows.review import Invalid, ReviewStore, open_store
-from workflows.review import store as store_module
-from workflows.review.app import create_app
-from workflows.review.store import Throttled
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -40,7 +40,7 @@ MB = 1 << 20
 def _serve(run: Path, *extra: str) -> Iterator[tuple[int, int]]:
     """``any2cap review serve`` in its own process; yields (port, pid)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "workflows.cli", "review", "serve", "--run", str(run)]
+    cmd = [sys.executable, "-m", "any2capins.workflows.cli", "review", "serve", "--run", str(run)]
     proc = subprocess.Popen(
         [*cmd, "--port", str(port), "--no-ingest", *extra],
         cwd=REPO,
@@ -462,7 +462,7 @@ def test_common_passwords_and_the_user_name_are_refused(store: ReviewStore, tmp_
     with pytest.raises(ValueError, match="most common"):
         store.set_password("ann", "Password123")
     assert "carol-the-great" not in {u.name for u, _ in store.users()}
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     run = Path(store.run.root)  # type: ignore[union-attr]
     runner = CliRunner()

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from schemas import Record
-from tests.instance_fixtures import FLAGS, PROMPTS, make_instance_run, record_by_index
-from tests.review_fixtures import CAPTION, SHORT_PROMPT, fresh_pg_database, make_run
-from workflows.review import (
+from any2capins.schemas import Record
+from any2capins.workflows.review import (
     Invalid,
     ItemView,
     ReviewPolicy,
@@ -27,8 +25,10 @@ from workflows.review import (
     open_store,
     review_stats,
 )
-from workflows.review.app import create_app
-from workflows.review.text import machine_texts, word_diff
+from any2capins.workflows.review.app import create_app
+from any2capins.workflows.review.text import machine_texts, word_diff
+from tests.instance_fixtures import FLAGS, PROMPTS, make_instance_run, record_by_index
+from tests.review_fixtures import CAPTION, SHORT_PROMPT, fresh_pg_database, make_run
 
 COMPONENTS = ("dense", "main_object", "background", "camera", "style", "action")
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from any2capins.workflows.review import ReviewStore, open_store
+from any2capins.workflows.review.app import create_app
 from tests.instance_fixtures import FLAGS, PROMPTS, make_instance_run, record_by_index
 from tests.review_fixtures import CHROMIUM, live_server
 from tests.test_review_browser import LAUNCH_ARGS, PASSWORD, _login, _require_browser
-from workflows.review import ReviewStore, open_store
-from workflows.review.app import create_app
 
 # Set to a folder to keep a screenshot of the screen (docs/review-instances.png was made so).
 SCREENSHOT_DIR = os.environ.get("A2C_REVIEW_SCREENSHOTS")

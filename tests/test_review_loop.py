@@ -22,14 +22,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.rundir import RunDir
-from schemas import CAPTION_COMPONENTS, ReviewState
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import CAPTION_COMPONENTS, ReviewState
+from any2capins.workflows.cli import app
+from any2capins.workflows.eval import bleu, evaluate, load_entries, meteor, rouge_l, tokens
+from any2capins.workflows.review import open_store
 from tests.instance_fixtures import make_instance_run
 from tests.review_fixtures import fresh_pg_database
 from tests.test_export_run import copy_run, demo_build, scripted_review
-from workflows.cli import app
-from workflows.eval import bleu, evaluate, load_entries, meteor, rouge_l, tokens
-from workflows.review import open_store
 
 runner = CliRunner()
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from any2capins.workflows.review import ReviewStore, open_store
+from any2capins.workflows.review.app import create_app
 from tests.instance_fixtures import make_instance_run
 from tests.review_fixtures import live_server
 from tests.test_review_browser import PASSWORD, _login, browser  # noqa: F401 (fixture)
-from workflows.review import ReviewStore, open_store
-from workflows.review.app import create_app
 
 # What a Python object leaking into a page looks like (raw and HTML-escaped).
 REPRS = ("<built-in", "&lt;built-in", "object at 0x", "{'", "{&#39;", "{&#x27;", "['", "[&#39;")

@@ -15,37 +15,22 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.rundir import RunDir
-from schemas import Record
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import Record
+from any2capins.workflows.cli import app
+from any2capins.workflows.review import ReviewStore, final_states, open_store
+from any2capins.workflows.review.app import create_app
+from any2capins.workflows.review.text import machine_texts
 from tests.openai_server import FakeOpenAI
-from tests.review_fixtures import CHROMIUM, IN_CI, live_server, make_run
-from workflows.cli import app
-from workflows.review import ReviewStore, final_states, open_store
-from workflows.review.app import create_app
-from workflows.review.text import machine_texts
+from tests.review_fixtures import CHROMIUM, live_server, make_run
+from tests.test_review_browser import LAUNCH_ARGS, _require_browser
 
 PASSWORD = "correct-horse-battery"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 FIX = " It never changes."
 NOTE = "the camera does not move at all"
 SHOTS = os.environ.get("ANY2CAP_REVIEW_SCREENSHOTS")  # a folder: keep the pages as PNG
 
 pytestmark = pytest.mark.slow
-
-
-def _require_browser() -> Any:
-    problem = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        problem = "the playwright package is not installed (pip install -e '.[dev]')"
-    if problem is None and not os.access(CHROMIUM, os.X_OK):
-        problem = f"{CHROMIUM} is missing (tools/ensure_services.sh installs Debian's chromium)"
-    if problem is not None:
-        if IN_CI:
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return sync_playwright
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from schemas import utc_now
-from tests.review_fixtures import fresh_pg_database, make_run
-from workflows.review import (
+from any2capins.schemas import utc_now
+from any2capins.workflows.review import (
     Conflict,
     Invalid,
     ReviewPolicy,
@@ -29,7 +28,8 @@ from workflows.review import (
     open_store,
     review_stats,
 )
-from workflows.review import store as store_module
+from any2capins.workflows.review import store as store_module
+from tests.review_fixtures import fresh_pg_database, make_run
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -415,7 +415,7 @@ def test_migrations_match_the_models(run_dir: Path, db_url: str | None) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from workflows.review.models import Base
+    from any2capins.workflows.review.models import Base
 
     store = open_store(str(run_dir), db_url)
     with store.engine.connect() as conn:

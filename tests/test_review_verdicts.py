@@ -15,16 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from pipeline.rundir import RunDir
-from schemas import Record, StructuredCaption
-from tests.instance_fixtures import PROMPTS, make_instance_run, record_by_index
-from tests.openai_server import FakeOpenAI
-from tests.review_fixtures import CAPTION, SHORT_PROMPT, fresh_pg_database, make_run
-from tests.test_review_api import _login
-from workflows.cli import app
-from workflows.eval import evaluate_review
-from workflows.export.corrections import corrections_table
-from workflows.review import (
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import Record, StructuredCaption
+from any2capins.workflows.cli import app
+from any2capins.workflows.eval import evaluate_review
+from any2capins.workflows.export.corrections import corrections_table
+from any2capins.workflows.review import (
     FieldVerdict,
     Invalid,
     ReviewPolicy,
@@ -36,8 +32,12 @@ from workflows.review import (
     regeneration_hint,
     review_stats,
 )
-from workflows.review.app import create_app
-from workflows.review.text import machine_texts
+from any2capins.workflows.review.app import create_app
+from any2capins.workflows.review.text import machine_texts
+from tests.instance_fixtures import PROMPTS, make_instance_run, record_by_index
+from tests.openai_server import FakeOpenAI
+from tests.review_fixtures import CAPTION, SHORT_PROMPT, fresh_pg_database, make_run
+from tests.test_review_api import _login
 
 A, F, R = "accept", "fix", "reject"
 
@@ -429,7 +429,7 @@ def test_migration_0003_keeps_earlier_reviews(tmp_path: Path, db_url: str | None
     from alembic import command
     from alembic.config import Config
 
-    from workflows.review._db import MIGRATIONS
+    from any2capins.workflows.review._db import MIGRATIONS
 
     store, ann = _open(tmp_path, db_url)
     first = store.claim(ann)

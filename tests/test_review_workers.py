@@ -28,9 +28,9 @@ import httpx
 import psutil
 import pytest
 
+from any2capins.workflows.review import open_store
+from any2capins.workflows.review.store import ReviewStore
 from tests.review_fixtures import free_port, fresh_pg_database, make_run
-from workflows.review import open_store
-from workflows.review.store import ReviewStore
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def serve(run: Path, db_url: str, log: Path) -> Iterator[tuple[str, psutil.Proce
     """``any2cap review serve --workers 2`` in its own process group; yields the base URL
     and the serve process once both workers answer."""
     port = free_port()
-    cmd = [sys.executable, "-m", "workflows.cli", "review", "serve", "--run", str(run)]
+    cmd = [sys.executable, "-m", "any2capins.workflows.cli", "review", "serve", "--run", str(run)]
     cmd += ["--db", db_url, "--port", str(port), "--workers", str(WORKERS), "--no-ingest"]
     with open(log, "w") as err:
         proc = subprocess.Popen(

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import run_build
-from pipeline.fetch import cache_dir
-from pipeline.partlog import PartLog
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from pipeline.storage import Storage
-from pipeline.video import local_video
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.fetch import cache_dir
+from any2capins.pipeline.partlog import PartLog
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.pipeline.storage import Storage
+from any2capins.pipeline.video import local_video
+from any2capins.workflows.recipes import load_recipe
 from tests import media
-from workflows.recipes import load_recipe
 
 STAGES = ["clip_stats", "keyframes", "captions"]
 
@@ -198,8 +198,8 @@ def test_remote_source_is_fetched_once_per_build(
 def test_apply_output_validates_only_what_the_stage_writes() -> None:
     from pydantic import ValidationError
 
-    from pipeline.stage import apply_output, dump_record, load_record
-    from schemas import ClipRef, Provenance, Record, StageProvenance, utc_now
+    from any2capins.pipeline.stage import apply_output, dump_record, load_record
+    from any2capins.schemas import ClipRef, Provenance, Record, StageProvenance, utc_now
 
     clip = ClipRef(
         clip_id="c", source_uri="u", start_s=0, end_s=1, fps=24, width=2, height=2, num_frames=24

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from schemas import (
+from any2capins.schemas import (
     SCHEMA_VERSION,
     CameraCondition,
     ClipRef,
@@ -28,7 +28,7 @@ from schemas import (
     record_arrow_schema,
     to_table,
 )
-from schemas._arrow import SCHEMA_VERSION_KEY
+from any2capins.schemas._arrow import SCHEMA_VERSION_KEY
 
 
 def _ref(name: str) -> PayloadRef:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.rundir import RunDir
-from schemas import ReviewState
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import ReviewState
+from any2capins.workflows.export import Reviewed, export_shards
 from tests.test_export import build_run
-from workflows.export import Reviewed, export_shards
 
 RUNS = 50
 PARALLEL = 4
@@ -91,7 +91,7 @@ def test_in_process_callers_keep_their_interpreter(shards: tuple[Path, Path]) ->
     """Through CliRunner (or any Python caller) the command raises, it does not os._exit."""
     from typer.testing import CliRunner
 
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     good, bad = shards
     runner = CliRunner()

@@ -14,14 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build import run_build
-from pipeline.recipe import SpanConfig
-from pipeline.sources import SourceError, SourceItem, list_sources
-from pipeline.spans import make_spans
-from pipeline.storage import ArtifactStore, Storage, read_payload
-from pipeline.video import ClipTooShort, probe_video
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import SpanConfig
+from any2capins.pipeline.sources import SourceError, SourceItem, list_sources
+from any2capins.pipeline.spans import make_spans
+from any2capins.pipeline.storage import ArtifactStore, Storage, read_payload
+from any2capins.pipeline.video import ClipTooShort, probe_video
+from any2capins.workflows.recipes import load_recipe
 from tests import media
-from workflows.recipes import load_recipe
 
 
 @pytest.fixture

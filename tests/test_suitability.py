@@ -17,28 +17,28 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-import annotators
-from annotators import ClipInput
-from annotators.base import PROVENANCE_KEY
-from annotators.camera import CameraAnnotator, CameraConditionType, CameraConfig
-from annotators.camera.estimate import (
+import any2capins.annotators
+from any2capins.annotators import ClipInput
+from any2capins.annotators.base import PROVENANCE_KEY
+from any2capins.annotators.camera import CameraAnnotator, CameraConditionType, CameraConfig
+from any2capins.annotators.camera.estimate import (
     EstimationError,
     UntrackableError,
     estimate_with_report,
 )
-from annotators.camera.synthetic import render_clip
-from annotators.conditions import ConditionType
-from annotators.depth import DepthAnnotator, DepthConditionType
-from annotators.identities.annotator import IdentitiesConfig, write_identities
-from annotators.identities.condition import IdentitiesConditionType
-from annotators.identities.selection import IdentityTrack
-from annotators.pose import PoseAnnotator, PoseConditionType
-from annotators.pose._condition import PoseConfig
-from pipeline.build import run_build
-from pipeline.recipe import resolve_recipe
-from pipeline.rundir import RunDir
-from pipeline.sources import list_sources
-from schemas import (
+from any2capins.annotators.camera.synthetic import render_clip
+from any2capins.annotators.conditions import ConditionType
+from any2capins.annotators.depth import DepthAnnotator, DepthConditionType
+from any2capins.annotators.identities.annotator import IdentitiesConfig, write_identities
+from any2capins.annotators.identities.condition import IdentitiesConditionType
+from any2capins.annotators.identities.selection import IdentityTrack
+from any2capins.annotators.pose import PoseAnnotator, PoseConditionType
+from any2capins.annotators.pose._condition import PoseConfig
+from any2capins.pipeline.build import run_build
+from any2capins.pipeline.recipe import resolve_recipe
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.sources import list_sources
+from any2capins.schemas import (
     CameraCondition,
     ClipRef,
     ClipStats,
@@ -57,8 +57,8 @@ from tests.conftest import SHARED_DATA
 
 MOTIONCTRL = SHARED_DATA / "camera" / "motionctrl"
 RE10K = SHARED_DATA / "camera" / "realestate10k"
-REGISTRY: dict[str, type[annotators.Annotator]] = {
-    **annotators.BUILTIN_ANNOTATORS,
+REGISTRY: dict[str, type[any2capins.annotators.Annotator]] = {
+    **any2capins.annotators.BUILTIN_ANNOTATORS,
     "camera": CameraAnnotator,
     "depth": DepthAnnotator,
 }

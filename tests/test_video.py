@@ -1,4 +1,4 @@
-"""pipeline.video: probing, frame sampling with decord and PyAV, bad inputs, fetching."""
+"""any2capins.pipeline.video: probing, frame sampling with decord and PyAV, bad inputs, fetching."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import fsspec
 import numpy as np
 import pytest
 
-from annotators.base import FrameSampling
-from pipeline import video
-from pipeline.video import (
+from any2capins.annotators.base import FrameSampling
+from any2capins.pipeline import video
+from any2capins.pipeline.video import (
     ClipTooShort,
     DecodeError,
     EmptyFile,

@@ -12,9 +12,9 @@ import av
 import pytest
 from typer.testing import CliRunner
 
-from annotators.base import FrameSampling
-from pipeline import video
-from pipeline.video import DecodeError, ReaderUnavailable, probe_video, sample_frames
+from any2capins.annotators.base import FrameSampling
+from any2capins.pipeline import video
+from any2capins.pipeline.video import DecodeError, ReaderUnavailable, probe_video, sample_frames
 from tests import media
 
 HAS_DECORD = importlib.util.find_spec("decord") is not None
@@ -125,7 +125,7 @@ def test_pyav_seek_targets_fall_back_to_the_keyframe_dts(ts_clips: dict[str, Pat
 
 
 def test_ts_build_produces_a_record(tmp_path: Path) -> None:
-    from workflows.cli import app
+    from any2capins.workflows.cli import app
 
     src = tmp_path / "src"
     src.mkdir()

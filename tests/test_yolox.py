@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from annotators.yolox import anchor_grid, box_iou, decode, letterbox, nms
+from any2capins.annotators.yolox import anchor_grid, box_iou, decode, letterbox, nms
 from tests.tiny_models import detector_output
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from annotators.identities.detector import COCO_CLASSES
+from any2capins.annotators.identities.detector import COCO_CLASSES
 from tests.tiny_models import _constant_graph, detector_output
 
 Box = tuple[float, float, float, float]

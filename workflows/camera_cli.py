@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from annotators.base import FrameSampling
-from annotators.camera import (
+from any2capins.annotators.base import FrameSampling
+from any2capins.annotators.camera import (
     CameraFormatError,
     EstimationError,
     EstimatorSettings,
@@ -22,9 +22,15 @@ from annotators.camera import (
     read_trajectory,
     write_realestate10k,
 )
-from annotators.camera.formats import FORMATS, parse_motionctrl
-from annotators.camera.labels import MotionAnalysis
-from pipeline.video import DEFAULT_READERS, VideoError, local_video, probe_video, sample_frames
+from any2capins.annotators.camera.formats import FORMATS, parse_motionctrl
+from any2capins.annotators.camera.labels import MotionAnalysis
+from any2capins.pipeline.video import (
+    DEFAULT_READERS,
+    VideoError,
+    local_video,
+    probe_video,
+    sample_frames,
+)
 
 camera_app = typer.Typer(
     help="Camera trajectories: motion labels of camera files, estimation from videos.",

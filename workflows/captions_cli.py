@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from annotators.base import MissingDependency
-from annotators.captions import CaptionsConfig, ResponseCache
-from pipeline.rundir import RunDir
+from any2capins.annotators.base import MissingDependency
+from any2capins.annotators.captions import CaptionsConfig, ResponseCache
+from any2capins.pipeline.rundir import RunDir
 
 captions_app = typer.Typer(
     help="Caption writer: Batch API mode, spend, and regenerating rejected fields.",
@@ -70,7 +70,7 @@ def stage_config(
 
 
 def _runner(run_dir: str, cache_dir: str | None, base_url: str | None) -> Any:
-    from annotators.captions.batch import BatchRunner
+    from any2capins.annotators.captions.batch import BatchRunner
 
     config = stage_config(run_dir, cache_dir, base_url)
     try:
@@ -232,10 +232,10 @@ def regenerate(
     re-queued for review (audit: "regenerated" from revision N to N+1). Exit code 1 when a
     field could not be rewritten (its item stays waiting).
     """
-    from annotators.captions.annotator import make_writer
-    from annotators.captions.instances import InstancesConfig
-    from annotators.captions.regenerate import Rejection, regenerate_fields
-    from workflows.review import ReviewError, open_store
+    from any2capins.annotators.captions.annotator import make_writer
+    from any2capins.annotators.captions.instances import InstancesConfig
+    from any2capins.annotators.captions.regenerate import Rejection, regenerate_fields
+    from any2capins.workflows.review import ReviewError, open_store
 
     try:
         store = open_store(run_dir=run, db_url=db)

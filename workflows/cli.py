@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from annotators import MissingDependency
-from pipeline.rundir import RunDir, RunDirBusy
-from pipeline.sources import SourceError, list_sources
+from any2capins.annotators import MissingDependency
+from any2capins.pipeline.rundir import RunDir, RunDirBusy
+from any2capins.pipeline.sources import SourceError, list_sources
 
 app = typer.Typer(
     help="Build Any2CapIns-style datasets: conditions, structured captions, review, shards.",
@@ -101,12 +101,12 @@ def _register_optional_commands() -> None:
     """Add the commands whose modules need an extra; one whose extra is missing is still
     listed, and answers with what to install."""
     groups = {
-        "captions": ("workflows.captions_cli", "captions_app"),
-        "camera": ("workflows.camera_cli", "camera_app"),
-        "eval": ("workflows.eval", "eval_app"),
-        "shards": ("workflows.export.cli", "shards_app"),
-        "review": ("workflows.review.cli", "review_app"),
-        "models": ("workflows.models_cli", "models_app"),
+        "captions": ("any2capins.workflows.captions_cli", "captions_app"),
+        "camera": ("any2capins.workflows.camera_cli", "camera_app"),
+        "eval": ("any2capins.workflows.eval", "eval_app"),
+        "shards": ("any2capins.workflows.export.cli", "shards_app"),
+        "review": ("any2capins.workflows.review.cli", "review_app"),
+        "models": ("any2capins.workflows.models_cli", "models_app"),
     }
     for name, (module, attr) in groups.items():
         try:
@@ -118,7 +118,7 @@ def _register_optional_commands() -> None:
             _add_unavailable(name, e)
     try:
         _check_extra("export")
-        from workflows.export.cli import export as export_command
+        from any2capins.workflows.export.cli import export as export_command
     except ModuleNotFoundError as e:
         if not _is_third_party(e):
             raise
@@ -148,7 +148,7 @@ def _check_extra(command: str) -> None:
 def _is_third_party(e: ModuleNotFoundError) -> bool:
     """A missing package, not a missing module of this project (that is a bug to raise)."""
     top = (e.name or "").split(".", 1)[0]
-    return bool(top) and top not in ("annotators", "pipeline", "schemas", "workflows")
+    return bool(top) and top != "any2capins"
 
 
 _register_optional_commands()
@@ -185,11 +185,11 @@ def build(
 ) -> None:
     """Run RECIPE over the clips in INPUT into RUN_DIR; re-running resumes."""
     try:
-        from pipeline.build import run_build
-        from pipeline.fit import ResourceRefusal
-        from pipeline.recipe import RecipeError
-        from workflows.progress_display import make_display
-        from workflows.recipes import load_recipe
+        from any2capins.pipeline.build import run_build
+        from any2capins.pipeline.fit import ResourceRefusal
+        from any2capins.pipeline.recipe import RecipeError
+        from any2capins.workflows.progress_display import make_display
+        from any2capins.workflows.recipes import load_recipe
     except ModuleNotFoundError as e:
         if not _is_third_party(e):
             raise
@@ -248,7 +248,7 @@ def build(
     data = report.model_dump(mode="json")
     _print_report(data)
     err.print(f"report: {os.path.join(report.run_dir, 'report.json')}")
-    from workflows.review import regeneration_hint  # reviewers may wait for new text
+    from any2capins.workflows.review import regeneration_hint  # reviewers may wait for new text
 
     if (waiting := regeneration_hint(report.run_dir)) is not None:
         err.print(waiting, markup=False)
@@ -353,7 +353,7 @@ def _print_curation(report: dict[str, Any]) -> None:
 
 def _fetch_command(stages: list[str]) -> str:
     """``any2cap models fetch ...`` for the stages whose default models it knows, or ''."""
-    from annotators.model_catalog import STAGES
+    from any2capins.annotators.model_catalog import STAGES
 
     known = [s for s in stages if s in STAGES]
     return f"any2cap models fetch {' '.join(known)}" if known else ""

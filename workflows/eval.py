@@ -6,7 +6,7 @@ PRED and REF are run directories (their ``records/``) or JSONL files with one re
 line (``any2cap runs records RUN --json``) or one ``{"clip_id", "caption", "short_prompt"}``
 object per line. Clips are paired by clip id. A record's review edits (``review.edits``,
 keyed by component, ``short_prompt`` or ``short_prompt:<instance key>``) replace the machine
-text, through ``workflows.review.text.apply_review`` (the one edit applier), so a reviewed
+text, through ``any2capins.workflows.review.text.apply_review`` (the one edit applier), so a reviewed
 run is a reference for the run it was reviewed from.
 
 ``--run RUN_DIR [--db URL]`` instead compares, for every clip the review store finally
@@ -39,7 +39,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from annotators.captions import (
+from any2capins.annotators.captions import (
     GROUNDED_BOUNDS,
     MODEL_BOUNDS,
     SHORT_PROMPT,
@@ -48,13 +48,13 @@ from annotators.captions import (
     caption_integrity,
     word_count,
 )
-from annotators.captions.validate import part_problems
-from pipeline.rundir import RunDir
-from schemas import CAPTION_COMPONENTS, Record
-from workflows.review.text import apply_review, instance_key, is_prompt, machine_texts
+from any2capins.annotators.captions.validate import part_problems
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import CAPTION_COMPONENTS, Record
+from any2capins.workflows.review.text import apply_review, instance_key, is_prompt, machine_texts
 
 if TYPE_CHECKING:
-    from workflows.review.store import ReviewStore
+    from any2capins.workflows.review.store import ReviewStore
 
 eval_app = typer.Typer(help="Evaluate what a build produced.", no_args_is_help=True)
 out = Console()
@@ -392,7 +392,7 @@ def evaluate_review(
 ) -> dict[str, Any]:
     """:func:`evaluate` of the machine text (PRED) against the human final text (REF) of a
     reviewed run, from its review store; the result has a ``review`` block besides."""
-    from workflows.review import open_store
+    from any2capins.workflows.review import open_store
 
     store = open_store(run_dir=run_dir, db_url=db_url)
     try:
@@ -445,7 +445,7 @@ def eval_captions(
         if run is not None:
             from sqlalchemy.exc import SQLAlchemyError
 
-            from workflows.review import ReviewError, open_store
+            from any2capins.workflows.review import ReviewError, open_store
 
             try:
                 store = open_store(run_dir=run, db_url=db)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from annotators.model_catalog import ModelEntry
+    from any2capins.annotators.model_catalog import ModelEntry
 
 models_app = typer.Typer(
     help="The model weights of the condition stages: list them, fetch them.",
@@ -35,7 +35,7 @@ def list_models(
     Per model: stages, hub id, size, licence, override, where it is looked for (the override
     variable's path when set, else the Hugging Face cache) and whether it is there. Downloads
     nothing."""
-    from annotators import model_catalog as catalog
+    from any2capins.annotators import model_catalog as catalog
 
     rows = [catalog.status(m) for m in catalog.DEFAULT_MODELS]
     if as_json:
@@ -91,7 +91,7 @@ def fetch_models(
     when one could not be fetched, 2 for an unknown name."""
     import os
 
-    from annotators import model_catalog as catalog
+    from any2capins.annotators import model_catalog as catalog
 
     wanted = list(names or [])
     try:

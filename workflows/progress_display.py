@@ -1,6 +1,6 @@
 """How ``any2cap build`` shows its progress: rich bars on a terminal, plain lines in a log.
 
-Both take the :class:`pipeline.progress.ProgressView` that ``run_build`` hands its progress
+Both take the :class:`any2capins.pipeline.progress.ProgressView` that ``run_build`` hands its progress
 callback about twice a second (and once at the end).
 """
 
@@ -15,7 +15,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from pipeline.progress import ProgressView, format_line, probe_figures, stage_figures
+from any2capins.pipeline.progress import ProgressView, format_line, probe_figures, stage_figures
 
 INTERVAL_ENV = "ANY2CAP_PROGRESS_INTERVAL_S"
 DEFAULT_INTERVAL_S = 60.0

@@ -8,12 +8,12 @@ from typing import Any
 
 import yaml
 
-from annotators import all_annotators
-from pipeline.recipe import RecipeError, ResolvedRecipe, load_recipe_file, resolve_recipe
+from any2capins.annotators import all_annotators
+from any2capins.pipeline.recipe import RecipeError, ResolvedRecipe, load_recipe_file, resolve_recipe
 
 
 def shipped_recipes() -> list[str]:
-    folder = resources.files("workflows") / "recipes"
+    folder = resources.files("any2capins.workflows") / "recipes"
     return sorted(
         p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
     )
@@ -27,7 +27,7 @@ def load_recipe(name_or_path: str) -> ResolvedRecipe:
             raise RecipeError(f"recipe file {path} does not exist")
         data: dict[str, Any] = load_recipe_file(path)
     else:
-        resource = resources.files("workflows") / "recipes" / f"{name_or_path}.yaml"
+        resource = resources.files("any2capins.workflows") / "recipes" / f"{name_or_path}.yaml"
         if not resource.is_file():
             raise RecipeError(
                 f"unknown recipe {name_or_path!r}; shipped: {', '.join(shipped_recipes())}, "

@@ -2,16 +2,16 @@
 video with OpenCV or imported from RealEstate10K / MotionCtrl files, with CameraBench-style
 motion labels and Plücker embeddings for training code."""
 
-from annotators.camera.annotator import CameraAnnotator, CameraConfig, CameraImportError
-from annotators.camera.condition import CameraConditionType
-from annotators.camera.estimate import (
+from any2capins.annotators.camera.annotator import CameraAnnotator, CameraConfig, CameraImportError
+from any2capins.annotators.camera.condition import CameraConditionType
+from any2capins.annotators.camera.estimate import (
     EstimationError,
     EstimationReport,
     EstimatorSettings,
     estimate_camera_trajectory,
     estimate_with_report,
 )
-from annotators.camera.formats import (
+from any2capins.annotators.camera.formats import (
     CameraFormatError,
     format_motionctrl,
     format_realestate10k,
@@ -20,7 +20,7 @@ from annotators.camera.formats import (
     read_trajectory,
     write_realestate10k,
 )
-from annotators.camera.labels import (
+from any2capins.annotators.camera.labels import (
     SPEEDS,
     VOCABULARY,
     LabelThresholds,
@@ -28,8 +28,8 @@ from annotators.camera.labels import (
     analyze_motion,
     label_trajectory,
 )
-from annotators.camera.plucker import plucker_embedding, trajectory_plucker
-from annotators.camera.trajectory import Trajectory, TrajectoryError
+from any2capins.annotators.camera.plucker import plucker_embedding, trajectory_plucker
+from any2capins.annotators.camera.trajectory import Trajectory, TrajectoryError
 
 # The condition type names its annotator here, once both exist: the annotator's `writes`
 # is derived from the condition type, so neither module can import the other first.

@@ -20,7 +20,7 @@ import fsspec
 import numpy as np
 from pydantic import Field
 
-from annotators.base import (
+from any2capins.annotators.base import (
     PROVENANCE_KEY,
     Annotator,
     AnnotatorConfig,
@@ -28,23 +28,27 @@ from annotators.base import (
     FrameSampling,
     Resources,
 )
-from annotators.camera.condition import CameraConditionType
-from annotators.camera.estimate import (
+from any2capins.annotators.camera.condition import CameraConditionType
+from any2capins.annotators.camera.estimate import (
     EstimatorSettings,
     UntrackableError,
     estimate_with_report,
 )
-from annotators.camera.formats import (
+from any2capins.annotators.camera.formats import (
     CameraFormat,
     CameraFormatError,
     format_realestate10k,
     read_trajectory,
 )
-from annotators.camera.labels import label_trajectory
-from annotators.camera.masks import subject_masks
-from annotators.camera.trajectory import Trajectory, TrajectoryError, normalized_intrinsics
-from annotators.keyframes import grid_field
-from schemas import CameraCondition, FrameGrid, ModelInfo
+from any2capins.annotators.camera.labels import label_trajectory
+from any2capins.annotators.camera.masks import subject_masks
+from any2capins.annotators.camera.trajectory import (
+    Trajectory,
+    TrajectoryError,
+    normalized_intrinsics,
+)
+from any2capins.annotators.keyframes import grid_field
+from any2capins.schemas import CameraCondition, FrameGrid, ModelInfo
 
 # RealEstate10K timestamps are integer microseconds; a pose this close to a span bound is in.
 _SPAN_EPS_S = 1e-3

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from annotators.camera.trajectory import FloatArray, matrix_from_rotvec
+from any2capins.annotators.camera.trajectory import FloatArray, matrix_from_rotvec
 
 IntArray = npt.NDArray[np.int64]
 

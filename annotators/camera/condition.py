@@ -12,11 +12,11 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from annotators.camera.formats import parse_realestate10k
-from annotators.camera.labels import VOCABULARY
-from annotators.camera.trajectory import Trajectory
-from annotators.conditions import ConditionType, PayloadReader
-from schemas import CameraCondition, Record, Suitability
+from any2capins.annotators.camera.formats import parse_realestate10k
+from any2capins.annotators.camera.labels import VOCABULARY
+from any2capins.annotators.camera.trajectory import Trajectory
+from any2capins.annotators.conditions import ConditionType, PayloadReader
+from any2capins.schemas import CameraCondition, Record, Suitability
 
 CAMERA_SOURCES = {
     "estimated": "estimated from the video",

@@ -38,9 +38,9 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-from annotators.camera.bundle import BundleProblem, bundle_adjust
-from annotators.camera.bundle import reprojection_residuals as _project
-from annotators.camera.trajectory import FloatArray, Trajectory, project_to_rotation
+from any2capins.annotators.camera.bundle import BundleProblem, bundle_adjust
+from any2capins.annotators.camera.bundle import reprojection_residuals as _project
+from any2capins.annotators.camera.trajectory import FloatArray, Trajectory, project_to_rotation
 
 DEFAULT_FOV_DEG = 60.0
 

@@ -19,7 +19,7 @@ from typing import Literal
 import fsspec
 import numpy as np
 
-from annotators.camera.trajectory import (
+from any2capins.annotators.camera.trajectory import (
     Trajectory,
     TrajectoryError,
     normalized_intrinsics,

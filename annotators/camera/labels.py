@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotators.camera.trajectory import FloatArray, Trajectory, rotvec_from_matrix
+from any2capins.annotators.camera.trajectory import FloatArray, Trajectory, rotvec_from_matrix
 
 VOCABULARY: tuple[str, ...] = (
     "static",

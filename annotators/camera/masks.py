@@ -15,8 +15,8 @@ import fsspec
 import numpy as np
 import numpy.typing as npt
 
-from annotators.conditions import ConditionType, condition_types
-from schemas import PayloadRef, Record
+from any2capins.annotators.conditions import ConditionType, condition_types
+from any2capins.schemas import PayloadRef, Record
 
 BoolArray = npt.NDArray[np.bool_]
 # Pose boxes are drawn around keypoints, which miss hair, clothes and held objects.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotators.camera.trajectory import FloatArray, Trajectory, rotation_angle_deg
+from any2capins.annotators.camera.trajectory import FloatArray, Trajectory, rotation_angle_deg
 
 
 def umeyama_sim3(src: FloatArray, dst: FloatArray) -> tuple[float, FloatArray, FloatArray]:

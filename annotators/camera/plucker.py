@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from annotators.camera.trajectory import FloatArray, Trajectory
+from any2capins.annotators.camera.trajectory import FloatArray, Trajectory
 
 
 def plucker_embedding(

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from annotators.camera.trajectory import FloatArray, Trajectory, matrix_from_rotvec
+from any2capins.annotators.camera.trajectory import FloatArray, Trajectory, matrix_from_rotvec
 
 MOTIONS: tuple[str, ...] = (
     "static",

@@ -2,9 +2,9 @@
 clip), its OpenAI-compatible client layer, the offline grounded writer, the versioned prompt
 templates and the structural checks."""
 
-from annotators.captions.annotator import GROUNDED_MODEL_ID, CaptionsAnnotator
-from annotators.captions.cache import ResponseCache, request_key
-from annotators.captions.config import (
+from any2capins.annotators.captions.annotator import GROUNDED_MODEL_ID, CaptionsAnnotator
+from any2capins.annotators.captions.cache import ResponseCache, request_key
+from any2capins.annotators.captions.config import (
     GROUNDED_BOUNDS,
     MODEL_BOUNDS,
     PARTS,
@@ -12,7 +12,7 @@ from annotators.captions.config import (
     Bounds,
     CaptionsConfig,
 )
-from annotators.captions.errors import (
+from any2capins.annotators.captions.errors import (
     AwaitingBatch,
     BudgetExceeded,
     CaptionAPIError,
@@ -21,8 +21,8 @@ from annotators.captions.errors import (
     CaptionRefused,
     InvalidCaption,
 )
-from annotators.captions.templates import load_templates
-from annotators.captions.validate import Integrity, caption_integrity, word_count
+from any2capins.annotators.captions.templates import load_templates
+from any2capins.annotators.captions.validate import Integrity, caption_integrity, word_count
 
 __all__ = [
     "GROUNDED_BOUNDS",

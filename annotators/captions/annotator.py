@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from annotators.base import (
+from any2capins.annotators.base import (
     PROVENANCE_KEY,
     Annotator,
     AnnotatorConfig,
@@ -13,16 +13,16 @@ from annotators.base import (
     FrameSampling,
     Resources,
 )
-from annotators.captions.cache import ResponseCache
-from annotators.captions.config import PARTS, SHORT_PROMPT, CaptionsConfig, WriterConfig
-from annotators.captions.crosscheck import cross_check
-from annotators.captions.errors import InvalidCaption
-from annotators.captions.facts import ClipContext, build_context
-from annotators.captions.grounded import GROUNDED_VERSION, compose, grounded_problems
-from annotators.captions.templates import TemplateSet, load_templates, rules_hash
-from annotators.captions.writer import ClipResult, OpenAIWriter
-from annotators.conditions import condition_types
-from schemas import CAPTION_COMPONENTS, CaptionFlag, ModelInfo, StructuredCaption
+from any2capins.annotators.captions.cache import ResponseCache
+from any2capins.annotators.captions.config import PARTS, SHORT_PROMPT, CaptionsConfig, WriterConfig
+from any2capins.annotators.captions.crosscheck import cross_check
+from any2capins.annotators.captions.errors import InvalidCaption
+from any2capins.annotators.captions.facts import ClipContext, build_context
+from any2capins.annotators.captions.grounded import GROUNDED_VERSION, compose, grounded_problems
+from any2capins.annotators.captions.templates import TemplateSet, load_templates, rules_hash
+from any2capins.annotators.captions.writer import ClipResult, OpenAIWriter
+from any2capins.annotators.conditions import condition_types
+from any2capins.schemas import CAPTION_COMPONENTS, CaptionFlag, ModelInfo, StructuredCaption
 
 GROUNDED_MODEL_ID = "any2capins/grounded-writer"
 
@@ -34,7 +34,7 @@ def make_writer(cfg: WriterConfig) -> tuple[TemplateSet, OpenAIWriter | None]:
     if cfg.writer != "openai":
         return templates, None
     # the openai SDK takes ~0.5 s to import: only model writers pay for it
-    from annotators.captions.client import CaptionClient, resolve_api_key
+    from any2capins.annotators.captions.client import CaptionClient, resolve_api_key
 
     resolve_api_key(cfg)  # a missing endpoint is an error before anything is created
     cache = ResponseCache(cfg.resolved_cache_dir())

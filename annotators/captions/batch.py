@@ -19,15 +19,15 @@ from typing import Any, Final
 
 import openai
 
-from annotators.captions.cache import ResponseCache
-from annotators.captions.client import (
+from any2capins.annotators.captions.cache import ResponseCache
+from any2capins.annotators.captions.client import (
     check_shape,
     endpoint_label,
     estimate_tokens,
     resolve_api_key,
     usage_of,
 )
-from annotators.captions.config import WriterConfig
+from any2capins.annotators.captions.config import WriterConfig
 
 BATCH_ENDPOINT: Final = "/v1/chat/completions"
 METADATA_KEY = "any2capins_submission"

@@ -21,11 +21,16 @@ from urllib.parse import urlsplit
 
 import openai
 
-from annotators.base import MissingDependency
-from annotators.captions.cache import CachedResponse, ResponseCache, Usage, request_key
-from annotators.captions.config import WriterConfig
-from annotators.captions.errors import AwaitingBatch, CaptionAPIError
-from annotators.captions.limits import Budget, RateLimiter, backoff_delay, retry_after_seconds
+from any2capins.annotators.base import MissingDependency
+from any2capins.annotators.captions.cache import CachedResponse, ResponseCache, Usage, request_key
+from any2capins.annotators.captions.config import WriterConfig
+from any2capins.annotators.captions.errors import AwaitingBatch, CaptionAPIError
+from any2capins.annotators.captions.limits import (
+    Budget,
+    RateLimiter,
+    backoff_delay,
+    retry_after_seconds,
+)
 
 JSON_MODES = ("json_schema", "json_object", "text")
 _FORMAT_WORDS = ("response_format", "json_schema", "json_object", "structured output", "schema")

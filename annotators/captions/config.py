@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from annotators.base import AnnotatorConfig
-from annotators.captions.crosscheck import CrossCheckSettings
-from schemas import CAPTION_COMPONENTS
+from any2capins.annotators.base import AnnotatorConfig
+from any2capins.annotators.captions.crosscheck import CrossCheckSettings
+from any2capins.schemas import CAPTION_COMPONENTS
 
 DEFAULT_MODEL = "gpt-4o-mini"
 SHORT_PROMPT = "short_prompt"

@@ -20,10 +20,10 @@ import fsspec
 import numpy as np
 from pydantic import BaseModel
 
-from annotators.captions.config import ImageOptions
-from annotators.captions.errors import CaptionInputError
-from annotators.conditions import ConditionType
-from schemas import ClipStats, Conditions, PayloadRef, Record
+from any2capins.annotators.captions.config import ImageOptions
+from any2capins.annotators.captions.errors import CaptionInputError
+from any2capins.annotators.conditions import ConditionType
+from any2capins.schemas import ClipStats, Conditions, PayloadRef, Record
 
 # A small colour-name table (sRGB); names are matched by distance in CIE Lab.
 COLOUR_NAMES: tuple[tuple[str, tuple[int, int, int]], ...] = (

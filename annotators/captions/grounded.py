@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-from annotators.captions.config import SHORT_PROMPT, Bounds
-from annotators.captions.facts import (
+from any2capins.annotators.captions.config import SHORT_PROMPT, Bounds
+from any2capins.annotators.captions.facts import (
     ClipContext,
     brightness_word,
     colour_name,
@@ -19,8 +19,8 @@ from annotators.captions.facts import (
     orientation,
     palette_phrase,
 )
-from annotators.captions.validate import part_problems, word_count
-from schemas import CAPTION_COMPONENTS
+from any2capins.annotators.captions.validate import part_problems, word_count
+from any2capins.schemas import CAPTION_COMPONENTS
 
 GROUNDED_VERSION = "1"
 

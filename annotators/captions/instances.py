@@ -20,23 +20,23 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from annotators.base import (
+from any2capins.annotators.base import (
     PROVENANCE_KEY,
     AnnotatorConfig,
     ClipInput,
     FrameSampling,
     Resources,
 )
-from annotators.captions.annotator import WriterStage
-from annotators.captions.config import SHORT_PROMPT, WriterConfig
-from annotators.captions.errors import CaptionInputError, InvalidCaption
-from annotators.captions.facts import ClipContext, build_context
-from annotators.captions.grounded import instance_prompt
-from annotators.captions.templates import rules_hash
-from annotators.captions.validate import part_problems
-from annotators.captions.writer import ClipResult
-from annotators.conditions import ConditionType, condition_types
-from schemas import Instance, Record, Suitability, make_instance_id
+from any2capins.annotators.captions.annotator import WriterStage
+from any2capins.annotators.captions.config import SHORT_PROMPT, WriterConfig
+from any2capins.annotators.captions.errors import CaptionInputError, InvalidCaption
+from any2capins.annotators.captions.facts import ClipContext, build_context
+from any2capins.annotators.captions.grounded import instance_prompt
+from any2capins.annotators.captions.templates import rules_hash
+from any2capins.annotators.captions.validate import part_problems
+from any2capins.annotators.captions.writer import ClipResult
+from any2capins.annotators.conditions import ConditionType, condition_types
+from any2capins.schemas import Instance, Record, Suitability, make_instance_id
 
 
 class InstancesConfig(WriterConfig):

@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from annotators.captions.cache import ResponseCache
-from annotators.captions.errors import BudgetExceeded
+from any2capins.annotators.captions.cache import ResponseCache
+from any2capins.annotators.captions.errors import BudgetExceeded
 
 
 @dataclass(eq=False)  # identity, not value: two slots may hold the same numbers

@@ -15,13 +15,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from annotators.captions.config import SHORT_PROMPT, WriterConfig
-from annotators.captions.errors import CaptionError
-from annotators.captions.facts import ClipContext, build_context
-from annotators.captions.templates import TITLES
-from annotators.captions.writer import OpenAIWriter
-from annotators.conditions import condition_types
-from schemas import CAPTION_COMPONENTS, Record, StageProvenance, StructuredCaption, utc_now
+from any2capins.annotators.captions.config import SHORT_PROMPT, WriterConfig
+from any2capins.annotators.captions.errors import CaptionError
+from any2capins.annotators.captions.facts import ClipContext, build_context
+from any2capins.annotators.captions.templates import TITLES
+from any2capins.annotators.captions.writer import OpenAIWriter
+from any2capins.annotators.conditions import condition_types
+from any2capins.schemas import (
+    CAPTION_COMPONENTS,
+    Record,
+    StageProvenance,
+    StructuredCaption,
+    utc_now,
+)
 
 PROMPT_PREFIX = "short_prompt:"
 STAGE = "regenerate"
@@ -52,7 +58,11 @@ class Regenerated:
 
 
 def feedback_template(version: str) -> str:
-    path = resources.files("annotators.captions") / "templates" / f"regenerate.{version}.txt"
+    path = (
+        resources.files("any2capins.annotators.captions")
+        / "templates"
+        / f"regenerate.{version}.txt"
+    )
     if not path.is_file():
         raise FileNotFoundError(
             f"prompt template regenerate.{version}.txt is not in annotators/captions/templates"

@@ -9,7 +9,7 @@ import string
 from dataclasses import dataclass
 from importlib import resources
 
-from annotators.captions.config import PARTS, SHORT_PROMPT
+from any2capins.annotators.captions.config import PARTS, SHORT_PROMPT
 
 TEMPLATE_NAMES: tuple[str, ...] = ("system", "context", *PARTS, "condition_rules", "repair")
 
@@ -54,7 +54,7 @@ class TemplateSet:
 
 def load_templates(version: str) -> TemplateSet:
     """Every template of one version; a missing file is an error naming it."""
-    folder = resources.files("annotators.captions") / "templates"
+    folder = resources.files("any2capins.annotators.captions") / "templates"
     texts: dict[str, str] = {}
     for name in TEMPLATE_NAMES:
         path = folder / f"{name}.{version}.txt"

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from annotators.captions.config import SHORT_PROMPT, Bounds
-from schemas import CAPTION_COMPONENTS
+from any2capins.annotators.captions.config import SHORT_PROMPT, Bounds
+from any2capins.schemas import CAPTION_COMPONENTS
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’\-][A-Za-z0-9]+)*")
 _LIST_LINE = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+", re.MULTILINE)

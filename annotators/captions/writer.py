@@ -11,9 +11,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from annotators.captions.cache import Usage
-from annotators.captions.config import PARTS, SHORT_PROMPT, WriterConfig
-from annotators.captions.errors import (
+from any2capins.annotators.captions.cache import Usage
+from any2capins.annotators.captions.config import PARTS, SHORT_PROMPT, WriterConfig
+from any2capins.annotators.captions.errors import (
     AwaitingBatch,
     BudgetExceeded,
     CaptionAPIError,
@@ -21,13 +21,18 @@ from annotators.captions.errors import (
     CaptionRefused,
     InvalidCaption,
 )
-from annotators.captions.facts import ClipContext, join_words
-from annotators.captions.templates import TARGET_WORDS, TITLES, TemplateSet
-from annotators.captions.validate import caption_integrity, is_refusal, parse_answer, part_problems
-from schemas import CAPTION_COMPONENTS
+from any2capins.annotators.captions.facts import ClipContext, join_words
+from any2capins.annotators.captions.templates import TARGET_WORDS, TITLES, TemplateSet
+from any2capins.annotators.captions.validate import (
+    caption_integrity,
+    is_refusal,
+    parse_answer,
+    part_problems,
+)
+from any2capins.schemas import CAPTION_COMPONENTS
 
 if TYPE_CHECKING:  # the openai SDK is imported only when a model writer is built
-    from annotators.captions.client import Answer, CaptionClient
+    from any2capins.annotators.captions.client import Answer, CaptionClient
 
 # When several parts of a clip fail, the clip's error is the most actionable one.
 _PRIORITY: tuple[type[CaptionError], ...] = (
@@ -169,7 +174,7 @@ class OpenAIWriter:
         feedback: str | None = None,
     ) -> PartResult:
         """One part, repaired until valid. ``feedback`` (a reviewer's rejection, see
-        :mod:`annotators.captions.regenerate`) follows the instruction as its own message."""
+        :mod:`any2capins.annotators.captions.regenerate`) follows the instruction as its own message."""
         result = PartResult(part)
         messages = part_messages(ctx, part, self.templates, self.config)
         if feedback is not None:

@@ -1,17 +1,26 @@
 """Curation scores: cheap per-clip measures written into ``record.scores`` by name, one stage
 per family (quality, motion, cuts, text_overlay, aesthetics), for the recipe's filters."""
 
-from annotators.curation._common import ScoreAnnotator, score_fields
-from annotators.curation.aesthetics import AESTHETIC_SCORES, AestheticsAnnotator, AestheticsConfig
-from annotators.curation.cuts import CUT_SCORES, CutsAnnotator, CutsConfig, cut_times
-from annotators.curation.motion import MOTION_SCORES, MotionAnnotator, MotionConfig, motion_scores
-from annotators.curation.quality import (
+from any2capins.annotators.curation._common import ScoreAnnotator, score_fields
+from any2capins.annotators.curation.aesthetics import (
+    AESTHETIC_SCORES,
+    AestheticsAnnotator,
+    AestheticsConfig,
+)
+from any2capins.annotators.curation.cuts import CUT_SCORES, CutsAnnotator, CutsConfig, cut_times
+from any2capins.annotators.curation.motion import (
+    MOTION_SCORES,
+    MotionAnnotator,
+    MotionConfig,
+    motion_scores,
+)
+from any2capins.annotators.curation.quality import (
     QUALITY_SCORES,
     QualityAnnotator,
     QualityConfig,
     quality_scores,
 )
-from annotators.curation.text import TEXT_SCORES, TextOverlayAnnotator, TextOverlayConfig
+from any2capins.annotators.curation.text import TEXT_SCORES, TextOverlayAnnotator, TextOverlayConfig
 
 # Cheap CPU stages first, then the model stages.
 CURATION_ANNOTATORS: tuple[type[ScoreAnnotator], ...] = (

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from annotators.base import PROVENANCE_KEY, Annotator, ClipInput
+from any2capins.annotators.base import PROVENANCE_KEY, Annotator, ClipInput
 
 SCORES_FIELD = "scores"
 

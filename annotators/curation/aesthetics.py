@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 import numpy as np
 from pydantic import Field, model_validator
 
-from annotators._models import (
+from any2capins.annotators._models import (
     fetch_hint,
     files_digest,
     hub_cache_only,
@@ -26,16 +26,22 @@ from annotators._models import (
     model_folder_problem,
     torch_device,
 )
-from annotators._models import model_file as find_model_file
-from annotators.base import AnnotatorConfig, ClipInput, FrameSampling, MissingDependency, Resources
-from annotators.curation._common import ScoreAnnotator, check_frames
-from annotators.model_catalog import (
+from any2capins.annotators._models import model_file as find_model_file
+from any2capins.annotators.base import (
+    AnnotatorConfig,
+    ClipInput,
+    FrameSampling,
+    MissingDependency,
+    Resources,
+)
+from any2capins.annotators.curation._common import ScoreAnnotator, check_frames
+from any2capins.annotators.model_catalog import (
     DEFAULT_AESTHETIC_HEAD,
     DEFAULT_CLIP_MODEL,
     ENV_AESTHETIC_HEAD,
     ENV_CLIP_MODEL,
 )
-from schemas import ModelInfo
+from any2capins.schemas import ModelInfo
 
 if TYPE_CHECKING:
     import torch

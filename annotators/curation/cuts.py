@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from annotators.base import AnnotatorConfig, ClipInput, FrameSampling, Resources
-from annotators.curation._common import ScoreAnnotator, check_frames
-from schemas import ModelInfo
+from any2capins.annotators.base import AnnotatorConfig, ClipInput, FrameSampling, Resources
+from any2capins.annotators.curation._common import ScoreAnnotator, check_frames
+from any2capins.schemas import ModelInfo
 
 CUT_SCORES: tuple[str, ...] = ("cuts",)
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from annotators.base import AnnotatorConfig, ClipInput, FrameSampling, Resources
-from annotators.curation._common import ScoreAnnotator, check_frames, fit_long_side, grey
-from schemas import ModelInfo
+from any2capins.annotators.base import AnnotatorConfig, ClipInput, FrameSampling, Resources
+from any2capins.annotators.curation._common import ScoreAnnotator, check_frames, fit_long_side, grey
+from any2capins.schemas import ModelInfo
 
 QUALITY_SCORES: tuple[str, ...] = (
     "sharpness",

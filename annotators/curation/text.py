@@ -18,16 +18,16 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from annotators._models import files_digest
-from annotators.base import (
+from any2capins.annotators._models import files_digest
+from any2capins.annotators.base import (
     AnnotatorConfig,
     ClipInput,
     FrameSampling,
     MissingDependency,
     Resources,
 )
-from annotators.curation._common import ScoreAnnotator, check_frames
-from schemas import ModelInfo
+from any2capins.annotators.curation._common import ScoreAnnotator, check_frames
+from any2capins.schemas import ModelInfo
 
 TEXT_SCORES: tuple[str, ...] = ("text_fraction",)
 RAPIDOCR_PACKAGE = "rapidocr_onnxruntime"

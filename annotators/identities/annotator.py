@@ -13,7 +13,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from annotators.base import (
+from any2capins.annotators.base import (
     PROVENANCE_KEY,
     Annotator,
     AnnotatorConfig,
@@ -23,8 +23,8 @@ from annotators.base import (
     MissingDependency,
     Resources,
 )
-from annotators.identities.condition import IdentitiesConditionType
-from annotators.identities.detector import (
+from any2capins.annotators.identities.condition import IdentitiesConditionType
+from any2capins.annotators.identities.detector import (
     COCO_CLASSES,
     DEFAULT_DETECTOR,
     DETECTOR_LICENSE,
@@ -32,21 +32,21 @@ from annotators.identities.detector import (
     YoloxDetector,
     detector_file,
 )
-from annotators.identities.grounding import (
+from any2capins.annotators.identities.grounding import (
     DEFAULT_GROUNDING,
     GROUNDING_LICENSE,
     GroundingDinoDetector,
     check_grounding,
     normalize_noun,
 )
-from annotators.identities.segmenter import (
+from any2capins.annotators.identities.segmenter import (
     DEFAULT_SAM2,
     SAM2_LICENSE,
     BoxPrompt,
     Sam2VideoSegmenter,
     check_sam2,
 )
-from annotators.identities.selection import (
+from any2capins.annotators.identities.selection import (
     IdentityTrack,
     Tracklet,
     boxes_json,
@@ -60,9 +60,9 @@ from annotators.identities.selection import (
     stitch,
     tracks_from_masks,
 )
-from annotators.keyframes import grid_field
-from annotators.model_catalog import ENV_GROUNDING_MODEL, ENV_SAM2_MODEL, ENV_YOLOX_MODEL
-from schemas import FrameGrid, IdentitiesCondition, Identity, ModelInfo
+from any2capins.annotators.keyframes import grid_field
+from any2capins.annotators.model_catalog import ENV_GROUNDING_MODEL, ENV_SAM2_MODEL, ENV_YOLOX_MODEL
+from any2capins.schemas import FrameGrid, IdentitiesCondition, Identity, ModelInfo
 
 log = logging.getLogger(__name__)
 

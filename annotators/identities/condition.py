@@ -12,9 +12,9 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from annotators.conditions import ConditionType, PayloadReader
-from annotators.identities.selection import decode_png, parse_boxes_json, unpack_masks
-from schemas import IdentitiesCondition, Identity, Record, Suitability
+from any2capins.annotators.conditions import ConditionType, PayloadReader
+from any2capins.annotators.identities.selection import decode_png, parse_boxes_json, unpack_masks
+from any2capins.schemas import IdentitiesCondition, Identity, Record, Suitability
 
 SMALL, LARGE = 0.05, 0.20  # shares of the frame between "small", "medium" and "large"
 

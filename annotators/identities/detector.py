@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from annotators._models import model_file
-from annotators._onnx import open_model
-from annotators.base import MissingDependency
-from annotators.yolox import (
+from any2capins.annotators._models import model_file
+from any2capins.annotators._onnx import open_model
+from any2capins.annotators.base import MissingDependency
+from any2capins.annotators.yolox import (
     COCO_CLASSES,
     DEFAULT_DETECTOR,
     DETECTOR_LICENSE,

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from annotators._models import fetch_hint, looks_like_path, model_folder_problem
-from annotators._models import hub_cache_only as offline
-from annotators.base import MissingDependency
-from annotators.identities.detector import Detection, per_label_detections
-from annotators.model_catalog import DEFAULT_GROUNDING
+from any2capins.annotators._models import fetch_hint, looks_like_path, model_folder_problem
+from any2capins.annotators._models import hub_cache_only as offline
+from any2capins.annotators.base import MissingDependency
+from any2capins.annotators.identities.detector import Detection, per_label_detections
+from any2capins.annotators.model_catalog import DEFAULT_GROUNDING
 
 GROUNDING_LICENSE = "Apache-2.0"
 

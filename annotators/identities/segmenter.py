@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from annotators._models import fetch_hint, looks_like_path, model_folder_problem
-from annotators._models import hub_cache_only as offline
-from annotators.base import MissingDependency
-from annotators.model_catalog import DEFAULT_SAM2
+from any2capins.annotators._models import fetch_hint, looks_like_path, model_folder_problem
+from any2capins.annotators._models import hub_cache_only as offline
+from any2capins.annotators.base import MissingDependency
+from any2capins.annotators.model_catalog import DEFAULT_SAM2
 
 SAM2_LICENSE = "Apache-2.0"
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from annotators.identities.detector import Detection
-from annotators.yolox import box_iou
+from any2capins.annotators.identities.detector import Detection
+from any2capins.annotators.yolox import box_iou
 
 Box = tuple[float, float, float, float]
 

@@ -2,7 +2,7 @@
 convention (134 points per person, scores under 0.3 masked), persons tracked across frames,
 pose maps rendered like controlnet_aux's ``draw_pose``."""
 
-from annotators.pose._condition import (
+from any2capins.annotators.pose._condition import (
     DEFAULT_POSE_MODEL,
     ENV_DETECTOR,
     ENV_POSE_MODEL,
@@ -10,16 +10,16 @@ from annotators.pose._condition import (
     PoseConditionType,
     PoseConfig,
 )
-from annotators.pose._draw import draw_pose
-from annotators.pose._facts import activity_facts, measure_activity, posture
-from annotators.pose._keypoints import (
+from any2capins.annotators.pose._draw import draw_pose
+from any2capins.annotators.pose._facts import activity_facts, measure_activity, posture
+from any2capins.annotators.pose._keypoints import (
     NUM_OPENPOSE,
     SCORE_THRESHOLD,
     normalize_and_mask,
     track_boxes,
     wholebody_to_openpose,
 )
-from annotators.yolox import DEFAULT_DETECTOR
+from any2capins.annotators.yolox import DEFAULT_DETECTOR
 
 __all__ = [
     "DEFAULT_DETECTOR",

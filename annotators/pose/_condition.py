@@ -13,10 +13,10 @@ from typing import Any, ClassVar, Literal, cast
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from annotators._media import decode_mp4, encode_mp4, playback_fps
-from annotators._models import files_digest, model_file
-from annotators._onnx import OnnxModel, open_model
-from annotators.base import (
+from any2capins.annotators._media import decode_mp4, encode_mp4, playback_fps
+from any2capins.annotators._models import files_digest, model_file
+from any2capins.annotators._onnx import OnnxModel, open_model
+from any2capins.annotators.base import (
     Annotator,
     AnnotatorConfig,
     ClipInput,
@@ -24,13 +24,13 @@ from annotators.base import (
     MissingDependency,
     Resources,
 )
-from annotators.conditions import ConditionType, PayloadReader
-from annotators.keyframes import grid_field
-from annotators.model_catalog import DEFAULT_POSE_MODEL as DEFAULT_POSE_MODEL
-from annotators.model_catalog import ENV_DWPOSE_DET, ENV_DWPOSE_POSE
-from annotators.pose._draw import draw_pose
-from annotators.pose._facts import activity_facts, measure_activity
-from annotators.pose._keypoints import (
+from any2capins.annotators.conditions import ConditionType, PayloadReader
+from any2capins.annotators.keyframes import grid_field
+from any2capins.annotators.model_catalog import DEFAULT_POSE_MODEL as DEFAULT_POSE_MODEL
+from any2capins.annotators.model_catalog import ENV_DWPOSE_DET, ENV_DWPOSE_POSE
+from any2capins.annotators.pose._draw import draw_pose
+from any2capins.annotators.pose._facts import activity_facts, measure_activity
+from any2capins.annotators.pose._keypoints import (
     BODY,
     NUM_OPENPOSE,
     SCORE_THRESHOLD,
@@ -39,9 +39,9 @@ from annotators.pose._keypoints import (
     track_boxes,
     wholebody_to_openpose,
 )
-from annotators.pose._runner import detect_people, estimate_poses
-from annotators.yolox import DEFAULT_DETECTOR
-from schemas import FrameGrid, ModelInfo, PoseCondition, Record, Suitability
+from any2capins.annotators.pose._runner import detect_people, estimate_poses
+from any2capins.annotators.yolox import DEFAULT_DETECTOR
+from any2capins.schemas import FrameGrid, ModelInfo, PoseCondition, Record, Suitability
 
 ENV_DETECTOR = ENV_DWPOSE_DET
 ENV_POSE_MODEL = ENV_DWPOSE_POSE

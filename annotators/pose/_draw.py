@@ -15,7 +15,7 @@ import math
 import cv2
 import numpy as np
 
-from annotators.pose._keypoints import BODY, FACE, LEFT_HAND, RIGHT_HAND, SCORE_THRESHOLD
+from any2capins.annotators.pose._keypoints import BODY, FACE, LEFT_HAND, RIGHT_HAND, SCORE_THRESHOLD
 
 STICK_HALF_WIDTH = 4
 BODY_JOINT_RADIUS = 4

@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from annotators.pose._keypoints import (
+from any2capins.annotators.pose._keypoints import (
     L_ANKLE,
     L_ELBOW,
     L_HIP,
@@ -31,7 +31,7 @@ from annotators.pose._keypoints import (
     R_WRIST,
     SCORE_THRESHOLD,
 )
-from schemas import PersonActivity
+from any2capins.schemas import PersonActivity
 
 MIN_BODY_POINTS = 4  # a person counts as visible in a frame with this many body points
 STILL = 0.05  # limb motion below this many torso lengths per sampled step is "still"

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from annotators._onnx import OnnxModel
-from annotators.yolox import decode, letterbox, nms
+from any2capins.annotators._onnx import OnnxModel
+from any2capins.annotators.yolox import decode, letterbox, nms
 
 # YOLOX filtering as in DWPose's inference code.
 PRE_NMS_SCORE = 0.1

@@ -1,6 +1,6 @@
 """Export: reviewed records -> Parquet shards + manifest + dataset card, and the reader.
 
-Every name is imported on first use (PEP 562), so ``from workflows.export import
+Every name is imported on first use (PEP 562), so ``from any2capins.workflows.export import
 ShardDataset`` loads the reader and what it needs, not the writer's (card plots, review
 store) dependencies.
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from schemas._lazy import lazy_exports
+from any2capins.schemas._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from workflows.export.card import write_card
-    from workflows.export.reader import ShardDataset
-    from workflows.export.shards import (
+    from any2capins.workflows.export.card import write_card
+    from any2capins.workflows.export.reader import ShardDataset
+    from any2capins.workflows.export.shards import (
         ExportError,
         ExportReport,
         Reviewed,
@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
-    "ExportError": "workflows.export.shards",
-    "ExportReport": "workflows.export.shards",
-    "Reviewed": "workflows.export.shards",
-    "export_shards": "workflows.export.shards",
-    "partition_of": "workflows.export.shards",
-    "verify_shards": "workflows.export.shards",
-    "write_card": "workflows.export.card",
-    "ShardDataset": "workflows.export.reader",
+    "ExportError": "any2capins.workflows.export.shards",
+    "ExportReport": "any2capins.workflows.export.shards",
+    "Reviewed": "any2capins.workflows.export.shards",
+    "export_shards": "any2capins.workflows.export.shards",
+    "partition_of": "any2capins.workflows.export.shards",
+    "verify_shards": "any2capins.workflows.export.shards",
+    "write_card": "any2capins.workflows.export.card",
+    "ShardDataset": "any2capins.workflows.export.reader",
 }
 
 

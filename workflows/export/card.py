@@ -11,10 +11,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from annotators.captions.validate import word_count
-from pipeline.storage import Storage
-from schemas import CAPTION_COMPONENTS, SCHEMA_VERSION, Conditions, reason_category
-from workflows.export.shards import MANIFEST
+from any2capins.annotators.captions.validate import word_count
+from any2capins.pipeline.storage import Storage
+from any2capins.schemas import CAPTION_COMPONENTS, SCHEMA_VERSION, Conditions, reason_category
+from any2capins.workflows.export.shards import MANIFEST
 
 CONDITION_NAMES = [n for n in Conditions.model_fields if n != "extra"]
 COLUMNS = [
@@ -573,7 +573,7 @@ def render_card(stats: dict[str, Any], manifest: dict[str, Any]) -> str:
         "## Reading",
         "",
         "```python",
-        "from workflows.export import ShardDataset",
+        "from any2capins import ShardDataset",
         "from torch.utils.data import DataLoader",
         "",
         'for batch in DataLoader(ShardDataset("."), batch_size=None, num_workers=2):',

@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from workflows.export.shards import ExportError, verify_shards
+from any2capins.workflows.export.shards import ExportError, verify_shards
 
 shards_app = typer.Typer(help="Check exported shards.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -42,7 +42,7 @@ def _started_as_any2cap() -> bool:
     """Whether this process is the ``any2cap`` program itself (console script or
     ``python -m workflows.cli``), not a Python program that called the CLI in-process."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is not None and spec.name == "workflows.cli":
+    if spec is not None and spec.name == "any2capins.workflows.cli":
         return True
     return Path(sys.argv[0]).name.removesuffix(".exe") == "any2cap"
 
@@ -144,8 +144,8 @@ def export(
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from workflows.export.run import export_run
-    from workflows.review import ReviewError
+    from any2capins.workflows.export.run import export_run
+    from any2capins.workflows.review import ReviewError
 
     if corrections:
         _export_corrections(run, out, db, as_json)
@@ -200,8 +200,8 @@ def export(
 def _export_corrections(run: str, out: str, db: str | None, as_json: bool) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from workflows.export.corrections import export_corrections
-    from workflows.review import ReviewError
+    from any2capins.workflows.export.corrections import export_corrections
+    from any2capins.workflows.review import ReviewError
 
     try:
         report = export_corrections(run, out, db_url=db)

@@ -11,7 +11,7 @@ wrote instead, and ``chosen_text`` the field's final text once the item was acce
 edited (the rejected text against it is a preference pair). Only final decisions count
 (an item waiting for adjudication has none yet; a rejected revision is final for that
 text); accepted records without edits give no rows. The texts come from the record as the reviewers saw it (the store's copy) and the
-human text from :func:`workflows.review.text.apply_review`, the one edit applier.
+human text from :func:`any2capins.workflows.review.text.apply_review`, the one edit applier.
 
 Written as one Parquet file per run, ``OUT/corrections-<run>.parquet``, under a temporary
 name, fsynced, then renamed (one PUT on object stores): readers see the old file or the new
@@ -32,14 +32,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.rundir import RunDir
-from pipeline.storage import Storage
-from schemas import CAPTION_COMPONENTS, Record, utc_now
-from workflows.export.run import review_snapshot
-from workflows.export.shards import ExportError, instances_of
-from workflows.review import ClipReview, ReviewStore, open_store
-from workflows.review._types import FieldVerdictInfo
-from workflows.review.text import (
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.storage import Storage
+from any2capins.schemas import CAPTION_COMPONENTS, Record, utc_now
+from any2capins.workflows.export.run import review_snapshot
+from any2capins.workflows.export.shards import ExportError, instances_of
+from any2capins.workflows.review import ClipReview, ReviewStore, open_store
+from any2capins.workflows.review._types import FieldVerdictInfo
+from any2capins.workflows.review.text import (
     PROMPT,
     apply_review,
     field_names,

@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from annotators.conditions import condition_types
-from pipeline.storage import Storage, read_payload
-from schemas import (
+from any2capins.annotators.conditions import condition_types
+from any2capins.pipeline.storage import Storage, read_payload
+from any2capins.schemas import (
     CAPTION_COMPONENTS,
     Conditions,
     PayloadRef,
@@ -35,8 +35,8 @@ from schemas import (
     arrow_schema,
     from_table,
 )
-from schemas._arrow import check_schema_version, from_arrow_row
-from workflows.export.shards import MANIFEST, row_groups_of
+from any2capins.schemas._arrow import check_schema_version, from_arrow_row
+from any2capins.workflows.export.shards import MANIFEST, row_groups_of
 
 _T = TypeVar("_T")
 

@@ -15,18 +15,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.rundir import RunDir
-from schemas import Record
-from workflows.export.card import write_card
-from workflows.export.formats import ShardFormat
-from workflows.export.shards import (
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import Record
+from any2capins.workflows.export.card import write_card
+from any2capins.workflows.export.formats import ShardFormat
+from any2capins.workflows.export.shards import (
     EXPORTED_STATES,
     ExportError,
     ExportReport,
     Reviewed,
     export_shards,
 )
-from workflows.review import ClipReview, final_states, open_store, review_stats
+from any2capins.workflows.review import ClipReview, final_states, open_store, review_stats
 
 
 @dataclass
@@ -103,7 +103,7 @@ def export_run(
     """
     fmt: str | ShardFormat = format
     if format == "sft":
-        from workflows.export.formats.sft import SftFormat
+        from any2capins.workflows.export.formats.sft import SftFormat
 
         try:
             fmt = SftFormat(identities=sft_identities, camera=sft_camera)

@@ -11,7 +11,7 @@ and rebuilds everything deterministically).
 One row per instance: a record with instances gives one row per instance, in the partition
 named by the instance key (``camera``, ``camera+depth``); a record of a recipe without
 instance planning (``instances`` is None) gives one implicit instance over its present
-conditions. The human edits are applied by ``workflows.review.text.apply_review``, the same
+conditions. The human edits are applied by ``any2capins.workflows.review.text.apply_review``, the same
 code the review store uses. One export writes to a folder at a time
 (an flock on a local disk; a second one is refused), and it first deletes temporaries a
 killed export left.
@@ -35,8 +35,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import Storage, StorageBusy, read_payload
-from schemas import (
+from any2capins.pipeline.storage import Storage, StorageBusy, read_payload
+from any2capins.schemas import (
     CAPTION_COMPONENTS,
     SCHEMA_VERSION,
     Conditions,
@@ -49,9 +49,9 @@ from schemas import (
     payload_refs,
     utc_now,
 )
-from schemas._arrow import SCHEMA_VERSION_KEY, _to_arrow_converter
-from workflows.export.formats.base import FORMATS, ShardFormat
-from workflows.review.text import apply_review
+from any2capins.schemas._arrow import SCHEMA_VERSION_KEY, _to_arrow_converter
+from any2capins.workflows.export.formats.base import FORMATS, ShardFormat
+from any2capins.workflows.review.text import apply_review
 
 MANIFEST = "_manifest.json"
 FORMAT = "any2capins-shards/1"
@@ -472,15 +472,15 @@ def shard_format(name: str, row_group_rows: int = ROW_GROUP_ROWS) -> ShardFormat
     if name == "parquet":
         return ParquetFormat(row_group_rows)
     if name == "sft":
-        from workflows.export.formats.sft import SftFormat
+        from any2capins.workflows.export.formats.sft import SftFormat
 
         return SftFormat()
     if name == "webdataset":
-        from workflows.export.formats.webdataset import WebDatasetFormat
+        from any2capins.workflows.export.formats.webdataset import WebDatasetFormat
 
         return WebDatasetFormat()
     if name == "control":
-        from workflows.export.formats.control import ControlFormat
+        from any2capins.workflows.export.formats.control import ControlFormat
 
         return ControlFormat()
     raise ExportError(f"unknown export format {name!r} (one of {', '.join(FORMATS)})")

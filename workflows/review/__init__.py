@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from schemas._lazy import lazy_exports
+from any2capins.schemas._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from workflows.review._regenerate import regeneration_hint
-    from workflows.review.outcome import FieldVerdict, Outcome, field_outcome
-    from workflows.review.policy import ReviewPolicy, load_policy
-    from workflows.review.store import (
+    from any2capins.workflows.review._regenerate import regeneration_hint
+    from any2capins.workflows.review.outcome import FieldVerdict, Outcome, field_outcome
+    from any2capins.workflows.review.policy import ReviewPolicy, load_policy
+    from any2capins.workflows.review.store import (
         ClipReview,
         Conflict,
         DecisionResult,
@@ -40,36 +40,36 @@ if TYPE_CHECKING:
         UserInfo,
         open_store,
     )
-    from workflows.review.text import FIELDS, apply_review, field_names
+    from any2capins.workflows.review.text import FIELDS, apply_review, field_names
 
-# Imported on first use: export and the shard reader import `workflows.review.text` without
+# Imported on first use: export and the shard reader import `any2capins.workflows.review.text` without
 # the store's database dependencies.
 _WHERE = {
-    "regeneration_hint": "workflows.review._regenerate",
-    "FieldVerdict": "workflows.review.outcome",
-    "Outcome": "workflows.review.outcome",
-    "field_outcome": "workflows.review.outcome",
-    "ReviewPolicy": "workflows.review.policy",
-    "load_policy": "workflows.review.policy",
-    "ClipReview": "workflows.review.store",
-    "Conflict": "workflows.review.store",
-    "DecisionResult": "workflows.review.store",
-    "Forbidden": "workflows.review.store",
-    "IngestReport": "workflows.review.store",
-    "Invalid": "workflows.review.store",
-    "ItemView": "workflows.review.store",
-    "LoginLimits": "workflows.review.store",
-    "NotFound": "workflows.review.store",
-    "ReviewError": "workflows.review.store",
-    "ReviewInfo": "workflows.review.store",
-    "ReviewStore": "workflows.review.store",
-    "StaleVersion": "workflows.review.store",
-    "Throttled": "workflows.review.store",
-    "UserInfo": "workflows.review.store",
-    "open_store": "workflows.review.store",
-    "FIELDS": "workflows.review.text",
-    "apply_review": "workflows.review.text",
-    "field_names": "workflows.review.text",
+    "regeneration_hint": "any2capins.workflows.review._regenerate",
+    "FieldVerdict": "any2capins.workflows.review.outcome",
+    "Outcome": "any2capins.workflows.review.outcome",
+    "field_outcome": "any2capins.workflows.review.outcome",
+    "ReviewPolicy": "any2capins.workflows.review.policy",
+    "load_policy": "any2capins.workflows.review.policy",
+    "ClipReview": "any2capins.workflows.review.store",
+    "Conflict": "any2capins.workflows.review.store",
+    "DecisionResult": "any2capins.workflows.review.store",
+    "Forbidden": "any2capins.workflows.review.store",
+    "IngestReport": "any2capins.workflows.review.store",
+    "Invalid": "any2capins.workflows.review.store",
+    "ItemView": "any2capins.workflows.review.store",
+    "LoginLimits": "any2capins.workflows.review.store",
+    "NotFound": "any2capins.workflows.review.store",
+    "ReviewError": "any2capins.workflows.review.store",
+    "ReviewInfo": "any2capins.workflows.review.store",
+    "ReviewStore": "any2capins.workflows.review.store",
+    "StaleVersion": "any2capins.workflows.review.store",
+    "Throttled": "any2capins.workflows.review.store",
+    "UserInfo": "any2capins.workflows.review.store",
+    "open_store": "any2capins.workflows.review.store",
+    "FIELDS": "any2capins.workflows.review.text",
+    "apply_review": "any2capins.workflows.review.text",
+    "field_names": "any2capins.workflows.review.text",
 }
 __getattr__, __dir__ = lazy_exports(globals(), _WHERE)
 
@@ -84,7 +84,7 @@ def final_states(store: ReviewStore) -> dict[str, ClipReview]:
     - ``edits``: field name (the six caption components; ``short_prompt`` for a record
       without instances, ``short_prompt:<instance key>`` such as ``short_prompt:camera+depth``
       for each instance of a record with them) -> the human text, only for fields a human
-      changed, only for final states. ``workflows.review.text.apply_review`` applies them.
+      changed, only for final states. ``any2capins.workflows.review.text.apply_review`` applies them.
     - ``reviewers``: who decided (independent reviewers, then the adjudicator).
     - ``reason`` / ``note``: the reject reason code and free text (notes on accepts too).
     - ``ingested_at`` / ``decided_at``: when the item was queued and finally decided.

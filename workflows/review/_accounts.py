@@ -14,14 +14,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from workflows.review import auth
-from workflows.review._base import StoreBase
-from workflows.review._db import retrying
-from workflows.review._errors import Conflict, Invalid, NotFound, Throttled
-from workflows.review._types import (
+from any2capins.workflows.review import auth
+from any2capins.workflows.review._base import StoreBase
+from any2capins.workflows.review._db import retrying
+from any2capins.workflows.review._errors import Conflict, Invalid, NotFound, Throttled
+from any2capins.workflows.review._types import (
     UserInfo,
 )
-from workflows.review.models import (
+from any2capins.workflows.review.models import (
     ROLES,
     ApiToken,
     LoginThrottle,

@@ -13,18 +13,18 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from schemas import Record
-from workflows.review._errors import NotFound
-from workflows.review._types import LoginLimits, RunBinding
-from workflows.review.models import AuditEntry, Item, Run
-from workflows.review.policy import ReviewPolicy
+from any2capins.schemas import Record
+from any2capins.workflows.review._errors import NotFound
+from any2capins.workflows.review._types import LoginLimits, RunBinding
+from any2capins.workflows.review.models import AuditEntry, Item, Run
+from any2capins.workflows.review.policy import ReviewPolicy
 
 # The hold reason of an item the policy did not sample (re-sampled when the policy changes).
 HOLD_SAMPLING = "not sampled by the review policy"
 
 
 class StoreBase:
-    """The front (``workflows.review.store.ReviewStore``) implements the transactions and the
+    """The front (``any2capins.workflows.review.store.ReviewStore``) implements the transactions and the
     clock; the operation mixins use them through this interface."""
 
     engine: Engine

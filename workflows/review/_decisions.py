@@ -11,16 +11,16 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from schemas import Record
-from workflows.review._base import dumps, snapshot
-from workflows.review._db import retrying
-from workflows.review._errors import Conflict, Invalid, StaleVersion
-from workflows.review._leases import LeasesMixin
-from workflows.review._types import (
+from any2capins.schemas import Record
+from any2capins.workflows.review._base import dumps, snapshot
+from any2capins.workflows.review._db import retrying
+from any2capins.workflows.review._errors import Conflict, Invalid, StaleVersion
+from any2capins.workflows.review._leases import LeasesMixin
+from any2capins.workflows.review._types import (
     DecisionResult,
     UserInfo,
 )
-from workflows.review.models import (
+from any2capins.workflows.review.models import (
     FINAL_STATES,
     Claim,
     FieldVerdictRow,
@@ -28,9 +28,9 @@ from workflows.review.models import (
     Review,
     User,
 )
-from workflows.review.outcome import VERDICTS, FieldVerdict, Outcome, field_outcome
-from workflows.review.policy import ReviewPolicy
-from workflows.review.text import (
+from any2capins.workflows.review.outcome import VERDICTS, FieldVerdict, Outcome, field_outcome
+from any2capins.workflows.review.policy import ReviewPolicy
+from any2capins.workflows.review.text import (
     FIELDS,
     apply_edits,
     check_text,
@@ -40,6 +40,35 @@ from workflows.review.text import (
     normalized_distance,
     unknown_fields,
 )
+
+
+def _check_field_name(name: str) -> None:
+    """Refuse a name that is no field of any record (before the item is read)."""
+    if name not in FIELDS and instance_key(name) is None:
+        raise Invalid(
+            f"unknown field {name!r}; fields are {', '.join(FIELDS)} or "
+            "short_prompt:<instance key> for a record with instances"
+        )
+
+
+def _checked_note(note: str | None) -> str | None:
+    if note is None:
+        return None
+    try:
+        check_text(note, "note")
+    except ValueError as e:
+        raise Invalid(str(e)) from e
+    return note.strip() or None
+
+
+def _check_record_fields(record: Record, names: list[str], item_id: int) -> None:
+    """Refuse names that are not fields of this record (an instance it does not have)."""
+    unknown = unknown_fields(record, names)
+    if unknown:
+        raise Invalid(
+            f"item {item_id} has no field {', '.join(map(repr, unknown))}; its fields "
+            f"are {', '.join(field_names(record))}"
+        )
 
 
 class DecisionsMixin(LeasesMixin):
@@ -70,32 +99,18 @@ class DecisionsMixin(LeasesMixin):
             raise Invalid(f"decision must be accept, reject or edit, not {decision!r}")
         edits = dict(edits or {})
         for name, value in edits.items():
-            if name not in FIELDS and instance_key(name) is None:
-                raise Invalid(
-                    f"unknown field {name!r}; fields are {', '.join(FIELDS)} or "
-                    "short_prompt:<instance key> for a record with instances"
-                )
+            _check_field_name(name)
             try:
                 check_text(value, name)
             except ValueError as e:
                 raise Invalid(str(e)) from e
-        if note is not None:
-            try:
-                check_text(note, "note")
-            except ValueError as e:
-                raise Invalid(str(e)) from e
-            note = note.strip() or None
+        note = _checked_note(note)
         now = self._now()
         with self._write() as s:
             item, claim = self._decidable(s, user, item_id, version, now)
             policy = self._policy(s)
             record = Record.model_validate_json(item.record_json)
-            unknown = unknown_fields(record, list(edits))
-            if unknown:
-                raise Invalid(
-                    f"item {item_id} has no field {', '.join(map(repr, unknown))}; its fields "
-                    f"are {', '.join(field_names(record))}"
-                )
+            _check_record_fields(record, list(edits), item_id)
             machine = machine_texts(record)
             changed = {k: v.strip() for k, v in edits.items() if v.strip() != machine[k].strip()}
             if decision == "reject":
@@ -142,18 +157,14 @@ class DecisionsMixin(LeasesMixin):
         the corrected text) or ``reject`` (a reason code of the policy, an optional note).
         Fields not named are accepted (a field whose text is empty cannot be). A ``fix``
         whose text equals the machine's (ignoring surrounding whitespace) is an accept.
-        What the item becomes is :func:`workflows.review.outcome.field_outcome`'s rule:
+        What the item becomes is :func:`any2capins.workflows.review.outcome.field_outcome`'s rule:
         accepted / edited, or with a rejected field ``regenerate`` or ``rejected`` by the
         policy (``on_field_reject``, ``max_regenerations``, ``final_reject_reasons``).
         """
         if not verdicts:
             raise Invalid("verdicts name no field; use the decisions accept, edit or reject")
         for name, v in verdicts.items():
-            if name not in FIELDS and instance_key(name) is None:
-                raise Invalid(
-                    f"unknown field {name!r}; fields are {', '.join(FIELDS)} or "
-                    "short_prompt:<instance key> for a record with instances"
-                )
+            _check_field_name(name)
             if v.verdict not in VERDICTS:
                 raise Invalid(f"{name}: verdict must be accept, fix or reject, not {v.verdict!r}")
             for what, value in (("text", v.text), ("note", v.note)):
@@ -168,23 +179,13 @@ class DecisionsMixin(LeasesMixin):
                 raise Invalid(f"{name}: only a fix carries text")
             if v.verdict != "reject" and (v.reason is not None or v.note is not None):
                 raise Invalid(f"{name}: reason and note go with a reject")
-        if note is not None:
-            try:
-                check_text(note, "note")
-            except ValueError as e:
-                raise Invalid(str(e)) from e
-            note = note.strip() or None
+        note = _checked_note(note)
         now = self._now()
         with self._write() as s:
             item, claim = self._decidable(s, user, item_id, version, now)
             policy = self._policy(s)
             record = Record.model_validate_json(item.record_json)
-            unknown = unknown_fields(record, list(verdicts))
-            if unknown:
-                raise Invalid(
-                    f"item {item_id} has no field {', '.join(map(repr, unknown))}; its fields "
-                    f"are {', '.join(field_names(record))}"
-                )
+            _check_record_fields(record, list(verdicts), item_id)
             machine = machine_texts(record)
             full: dict[str, FieldVerdict] = {}
             for name in machine:  # screen order

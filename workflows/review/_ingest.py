@@ -7,14 +7,14 @@ import hashlib
 from pydantic import ValidationError
 from sqlalchemy import func, select, text
 
-from pipeline.rundir import RunDir
-from schemas import Record, ReviewState
-from workflows.review._base import HOLD_SAMPLING, StoreBase, conditions_of, snapshot
-from workflows.review._db import retrying
-from workflows.review._types import (
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import Record, ReviewState
+from any2capins.workflows.review._base import HOLD_SAMPLING, StoreBase, conditions_of, snapshot
+from any2capins.workflows.review._db import retrying
+from any2capins.workflows.review._types import (
     IngestReport,
 )
-from workflows.review.models import (
+from any2capins.workflows.review.models import (
     FINAL_STATES,
     Claim,
     Item,

@@ -13,11 +13,11 @@ from sqlalchemy import and_, case, exists, func, or_, select, true
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from schemas import Record
-from workflows.review._base import StoreBase, snapshot
-from workflows.review._db import retrying
-from workflows.review._errors import Conflict, Forbidden, NotFound
-from workflows.review._types import (
+from any2capins.schemas import Record
+from any2capins.workflows.review._base import StoreBase, snapshot
+from any2capins.workflows.review._db import retrying
+from any2capins.workflows.review._errors import Conflict, Forbidden, NotFound
+from any2capins.workflows.review._types import (
     ClaimRow,
     FieldVerdictInfo,
     ItemView,
@@ -26,7 +26,7 @@ from workflows.review._types import (
     RunBinding,
     UserInfo,
 )
-from workflows.review.models import (
+from any2capins.workflows.review.models import (
     Claim,
     FieldVerdictRow,
     Item,

@@ -9,13 +9,13 @@ import json
 
 from sqlalchemy import func, select
 
-from schemas import Record, ReviewState
-from workflows.review._base import StoreBase, dumps, snapshot
-from workflows.review._db import retrying
-from workflows.review._errors import Conflict, Invalid, StaleVersion
-from workflows.review._types import FieldVerdictInfo, RegenerationTask
-from workflows.review.models import FieldVerdictRow, Item
-from workflows.review.text import field_names, machine_texts
+from any2capins.schemas import Record, ReviewState
+from any2capins.workflows.review._base import StoreBase, dumps, snapshot
+from any2capins.workflows.review._db import retrying
+from any2capins.workflows.review._errors import Conflict, Invalid, StaleVersion
+from any2capins.workflows.review._types import FieldVerdictInfo, RegenerationTask
+from any2capins.workflows.review.models import FieldVerdictRow, Item
+from any2capins.workflows.review.text import field_names, machine_texts
 
 
 def canonical_record(record: Record) -> tuple[str, str]:
@@ -167,11 +167,11 @@ def regeneration_hint(run_dir: str) -> str | None:
     has items waiting for regeneration; None otherwise (or when it cannot be read)."""
     import os
 
-    from workflows.review._runs import SQLITE_NAME
+    from any2capins.workflows.review._runs import SQLITE_NAME
 
     if "://" in run_dir or not os.path.isfile(os.path.join(run_dir, SQLITE_NAME)):
         return None
-    from workflows.review.store import open_store
+    from any2capins.workflows.review.store import open_store
 
     try:
         store = open_store(run_dir=run_dir)

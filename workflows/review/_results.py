@@ -9,15 +9,15 @@ from collections.abc import Iterable, Iterator
 
 from sqlalchemy import select
 
-from workflows.review._base import StoreBase
-from workflows.review._types import (
+from any2capins.workflows.review._base import StoreBase
+from any2capins.workflows.review._types import (
     AuditRow,
     ClipReview,
     FieldVerdictInfo,
     Regeneration,
     ReviewInfo,
 )
-from workflows.review.models import (
+from any2capins.workflows.review.models import (
     FINAL_STATES,
     AuditEntry,
     FieldVerdictRow,

@@ -8,20 +8,20 @@ import os
 
 from sqlalchemy import and_, exists, or_, select
 
-from pipeline.rundir import RunDir
-from pipeline.storage import Storage
-from workflows.review._base import HOLD_SAMPLING, StoreBase, snapshot
-from workflows.review._db import retrying
-from workflows.review._errors import Invalid, NotFound
-from workflows.review._types import (
+from any2capins.pipeline.rundir import RunDir
+from any2capins.pipeline.storage import Storage
+from any2capins.workflows.review._base import HOLD_SAMPLING, StoreBase, snapshot
+from any2capins.workflows.review._db import retrying
+from any2capins.workflows.review._errors import Invalid, NotFound
+from any2capins.workflows.review._types import (
     RunBinding,
 )
-from workflows.review.models import (
+from any2capins.workflows.review.models import (
     Claim,
     Item,
     Run,
 )
-from workflows.review.policy import ReviewPolicy
+from any2capins.workflows.review.policy import ReviewPolicy
 
 SQLITE_NAME = "review.db"
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from schemas import Record
-from workflows.review._base import StoreBase
-from workflows.review.models import (
+from any2capins.schemas import Record
+from any2capins.workflows.review._base import StoreBase
+from any2capins.workflows.review.models import (
     ITEM_STATES,
     Claim,
     FieldVerdictRow,
@@ -21,7 +21,7 @@ from workflows.review.models import (
     Review,
     User,
 )
-from workflows.review.text import (
+from any2capins.workflows.review.text import (
     FIELDS,
     PROMPT,
     apply_edits,

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas import Record, ReviewState
-from workflows.review.models import FINAL_STATES, ROLES
-from workflows.review.text import machine_texts
+from any2capins.schemas import Record, ReviewState
+from any2capins.workflows.review.models import FINAL_STATES, ROLES
+from any2capins.workflows.review.text import machine_texts
 
 _ROLE_RANK = {role: i for i, role in enumerate(ROLES)}
 
@@ -197,7 +197,7 @@ class ClipReview:
     regenerations: list[Regeneration] = field(default_factory=list)
 
     def review_state(self) -> ReviewState:
-        """As the record schema's :class:`schemas.ReviewState` (held back maps to pending)."""
+        """As the record schema's :class:`any2capins.schemas.ReviewState` (held back maps to pending)."""
         status = self.state if self.state in FINAL_STATES else "pending"
         reason = ": ".join(p for p in (self.reason, self.note) if p) or None
         return ReviewState(

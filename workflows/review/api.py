@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workflows.review.deps import (
+from any2capins.workflows.review.deps import (
     MAX_ID,
     ClaimId,
     ItemId,
@@ -19,16 +19,16 @@ from workflows.review.deps import (
     annotator_api,
     reviewer_api,
 )
-from workflows.review.outcome import FieldVerdict
-from workflows.review.store import ItemView, UserInfo
-from workflows.review.text import (
+from any2capins.workflows.review.outcome import FieldVerdict
+from any2capins.workflows.review.store import ItemView, UserInfo
+from any2capins.workflows.review.text import (
     FIELD_NAME_PATTERN,
     MAX_FIELD_CHARS,
     structural_warnings,
     word_count,
     word_diff,
 )
-from workflows.review.views import caption_source, media_of
+from any2capins.workflows.review.views import caption_source, media_of
 
 # The six components, ``short_prompt`` (a record without instances) or
 # ``short_prompt:<instance key>`` (``short_prompt:camera+depth``); the store refuses a name

@@ -29,8 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
-from workflows.review import api, media, pages
-from workflows.review.deps import (
+from any2capins.workflows.review import api, media, pages
+from any2capins.workflows.review.deps import (
     LOGIN_FIRST,
     PRINCIPAL_KEY,
     SESSION_COOKIE,
@@ -40,8 +40,14 @@ from workflows.review.deps import (
     api_principal,
     page_principal,
 )
-from workflows.review.pages import Templates, render
-from workflows.review.store import Invalid, ReviewError, ReviewStore, StaleVersion, UserInfo
+from any2capins.workflows.review.pages import Templates, render
+from any2capins.workflows.review.store import (
+    Invalid,
+    ReviewError,
+    ReviewStore,
+    StaleVersion,
+    UserInfo,
+)
 
 HERE = Path(__file__).resolve().parent
 MB = 1 << 20

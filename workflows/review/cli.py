@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from workflows.review.store import IngestReport, ReviewStore
+    from any2capins.workflows.review.store import IngestReport, ReviewStore
 
 # The store (SQLAlchemy, Alembic, pydantic models) loads on first use: `any2cap --help` and
 # the other command groups stay fast.
@@ -50,8 +50,8 @@ PolicyOpt = Annotated[
 def _open(run: str | None, db: str | None, policy_file: str | None = None) -> ReviewStore:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from workflows.review.policy import load_policy
-    from workflows.review.store import ReviewError, open_store
+    from any2capins.workflows.review.policy import load_policy
+    from any2capins.workflows.review.store import ReviewError, open_store
 
     try:
         policy = load_policy(policy_file) if policy_file else None
@@ -116,9 +116,9 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the review app for RUN_DIR (ingests new records first)."""
-    from workflows.review.app import MB
-    from workflows.review.server import ServeConfig, shareable
-    from workflows.review.server import serve as serve_app
+    from any2capins.workflows.review.app import MB
+    from any2capins.workflows.review.server import ServeConfig, shareable
+    from any2capins.workflows.review.server import serve as serve_app
 
     why_not = shareable(db) if workers > 1 and db is not None else None
     if why_not is not None:
@@ -168,7 +168,7 @@ def writeback_cmd(
     """Write the store's final decisions into RUN_DIR's records (``record.review``: status,
     reviewer, decided_at, reason, edits), each record atomically; only records whose review
     block changes are rewritten. Exit 1 when a record could not take its review (listed)."""
-    from workflows.review.writeback import writeback
+    from any2capins.workflows.review.writeback import writeback
 
     store = _open(run, db)
     try:
@@ -209,7 +209,7 @@ def policy_cmd(
     """Show the run's review policy, or replace it (--set FILE; re-samples untouched items)."""
     store = _open(run, db)
     if set_file is not None:
-        from workflows.review.policy import load_policy
+        from any2capins.workflows.review.policy import load_policy
 
         try:
             changed = store.set_policy(load_policy(set_file), actor="admin-cli")
@@ -301,7 +301,7 @@ def users_add(
     db: DbOpt = None,
 ) -> None:
     """Add a user; the password is read from stdin (asked twice on a terminal)."""
-    from workflows.review.store import ReviewError
+    from any2capins.workflows.review.store import ReviewError
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
@@ -334,7 +334,7 @@ def users_passwd(
     name: Annotated[str, typer.Argument()], run: RunOpt = None, db: DbOpt = None
 ) -> None:
     """Set a user's password (from stdin) and end their browser sessions."""
-    from workflows.review.store import ReviewError
+    from any2capins.workflows.review.store import ReviewError
 
     password = (
         getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
@@ -356,7 +356,7 @@ def tokens_create(
     db: DbOpt = None,
 ) -> None:
     """Create an API token for NAME and print it (shown once; only its hash is stored)."""
-    from workflows.review.store import ReviewError
+    from any2capins.workflows.review.store import ReviewError
 
     try:
         token = _open(run, db).create_token(name, label)
@@ -370,7 +370,7 @@ def tokens_revoke(
     name: Annotated[str, typer.Argument()], run: RunOpt = None, db: DbOpt = None
 ) -> None:
     """Revoke every API token of NAME."""
-    from workflows.review.store import ReviewError
+    from any2capins.workflows.review.store import ReviewError
 
     try:
         n = _open(run, db).revoke_tokens(name)
@@ -406,7 +406,7 @@ def claims_release(
     db: DbOpt = None,
 ) -> None:
     """Release a lease (the item goes back to the queue)."""
-    from workflows.review.store import ReviewError, UserInfo
+    from any2capins.workflows.review.store import ReviewError, UserInfo
 
     store = _open(run, db)
     try:

@@ -12,8 +12,8 @@ from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-from workflows.review import auth
-from workflows.review.store import ReviewStore, RunBinding, UserInfo
+from any2capins.workflows.review import auth
+from any2capins.workflows.review.store import ReviewStore, RunBinding, UserInfo
 
 SESSION_COOKIE = "a2c_session"
 LOGIN_COOKIE = "a2c_login"

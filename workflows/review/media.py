@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from workflows.review.api import ERRORS, ErrorOut
-from workflows.review.deps import Bearer, ItemId, principal, run_of, store_of
-from workflows.review.views import resolve_media
+from any2capins.workflows.review.api import ERRORS, ErrorOut
+from any2capins.workflows.review.deps import Bearer, ItemId, principal, run_of, store_of
+from any2capins.workflows.review.views import resolve_media
 
 router = APIRouter()
 

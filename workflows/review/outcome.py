@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from workflows.review.policy import ReviewPolicy
+from any2capins.workflows.review.policy import ReviewPolicy
 
 Verdict = Literal["accept", "fix", "reject"]
 VERDICTS: tuple[str, ...] = ("accept", "fix", "reject")

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from workflows.review import auth
-from workflows.review.deps import (
+from any2capins.workflows.review import auth
+from any2capins.workflows.review.deps import (
     LOGIN_COOKIE,
     MAX_ID,
     SESSION_COOKIE,
@@ -29,10 +29,17 @@ from workflows.review.deps import (
     run_of,
     store_of,
 )
-from workflows.review.outcome import FieldVerdict
-from workflows.review.store import Invalid, ItemView, ReviewError, StaleVersion, Throttled, UserInfo
-from workflows.review.text import MAX_FIELD_CHARS
-from workflows.review.views import (
+from any2capins.workflows.review.outcome import FieldVerdict
+from any2capins.workflows.review.store import (
+    Invalid,
+    ItemView,
+    ReviewError,
+    StaleVersion,
+    Throttled,
+    UserInfo,
+)
+from any2capins.workflows.review.text import MAX_FIELD_CHARS
+from any2capins.workflows.review.views import (
     caption_source,
     fields_of,
     flags_of,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from workflows.review.store import ReviewStore
+    from any2capins.workflows.review.store import ReviewStore
 
 ENV = "ANY2CAP_REVIEW_SERVE"
 HEALTHCHECK_S = 30
@@ -51,8 +51,8 @@ class ServeConfig:
 
 def build_app(config: ServeConfig, store: ReviewStore | None = None) -> FastAPI:
     """The app for ``config`` (opening its store unless one is given)."""
-    from workflows.review.app import create_app
-    from workflows.review.store import open_store
+    from any2capins.workflows.review.app import create_app
+    from any2capins.workflows.review.store import open_store
 
     if store is None:
         # The parent already ingested and stored the policy: a worker only opens the store.

@@ -20,12 +20,12 @@ from datetime import datetime
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from schemas import utc_now
-from workflows.review._accounts import SESSION_TTL, AccountsMixin
-from workflows.review._base import HOLD_SAMPLING
-from workflows.review._db import MIGRATIONS, file_lock, make_engine, migrate
-from workflows.review._decisions import DecisionsMixin
-from workflows.review._errors import (
+from any2capins.schemas import utc_now
+from any2capins.workflows.review._accounts import SESSION_TTL, AccountsMixin
+from any2capins.workflows.review._base import HOLD_SAMPLING
+from any2capins.workflows.review._db import MIGRATIONS, file_lock, make_engine, migrate
+from any2capins.workflows.review._decisions import DecisionsMixin
+from any2capins.workflows.review._errors import (
     Conflict,
     Forbidden,
     Invalid,
@@ -34,18 +34,18 @@ from workflows.review._errors import (
     StaleVersion,
     Throttled,
 )
-from workflows.review._ingest import IngestMixin
-from workflows.review._leases import LeasesMixin
-from workflows.review._regenerate import RegenerateMixin
-from workflows.review._results import ResultsMixin
-from workflows.review._runs import (
+from any2capins.workflows.review._ingest import IngestMixin
+from any2capins.workflows.review._leases import LeasesMixin
+from any2capins.workflows.review._regenerate import RegenerateMixin
+from any2capins.workflows.review._results import ResultsMixin
+from any2capins.workflows.review._runs import (
     SQLITE_NAME,
     RunsMixin,
     default_db_url,
     run_binding,
 )
-from workflows.review._stats import StatsMixin
-from workflows.review._types import (
+from any2capins.workflows.review._stats import StatsMixin
+from any2capins.workflows.review._types import (
     AuditRow,
     ClaimRow,
     ClipReview,
@@ -57,7 +57,7 @@ from workflows.review._types import (
     RunBinding,
     UserInfo,
 )
-from workflows.review.policy import ReviewPolicy
+from any2capins.workflows.review.policy import ReviewPolicy
 
 
 def open_store(

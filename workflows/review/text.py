@@ -15,7 +15,7 @@ import difflib
 import re
 import unicodedata
 
-from schemas import CAPTION_COMPONENTS, Instance, Record, StructuredCaption
+from any2capins.schemas import CAPTION_COMPONENTS, Instance, Record, StructuredCaption
 
 PROMPT = "short_prompt"
 PROMPT_PREFIX = "short_prompt:"

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from pipeline.storage import read_payload
-from schemas import CaptionFlag, PayloadRef, Record, payload_refs
-from workflows.review.store import Forbidden, NotFound
-from workflows.review.text import (
+from any2capins.pipeline.storage import read_payload
+from any2capins.schemas import CaptionFlag, PayloadRef, Record, payload_refs
+from any2capins.workflows.review.store import Forbidden, NotFound
+from any2capins.workflows.review.text import (
     PROMPT,
     field_title,
     is_prompt,
@@ -275,7 +275,7 @@ def _extrinsics(record: Record) -> np.ndarray | None:
         return None
     arrays: list[np.ndarray] = []
     try:
-        from annotators.conditions import condition_types
+        from any2capins.annotators.conditions import condition_types
 
         ct = condition_types().get("camera")
         if ct is not None:

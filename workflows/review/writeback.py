@@ -5,7 +5,7 @@ its record's ``review`` block (``status``, ``reviewer``, ``decided_at``, ``reaso
 ``edits``, as :meth:`ClipReview.review_state` gives them), so a tool that reads only the run
 directory (``any2cap runs records``, ``any2cap eval captions --pred/--ref RUN``) sees the
 same truth as export. Each record is rewritten whole and atomically
-(:meth:`pipeline.rundir.RunDir.save_record`: temporary file, fsync, rename), only when its
+(:meth:`any2capins.pipeline.rundir.RunDir.save_record`: temporary file, fsync, rename), only when its
 review block differs, so running it again writes nothing. Ingest ignores the review block,
 so a written-back run re-ingests as unchanged.
 
@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.rundir import RunDir
-from schemas import Record, ReviewState
-from workflows.review.store import ReviewStore
-from workflows.review.text import unknown_fields
+from any2capins.pipeline.rundir import RunDir
+from any2capins.schemas import Record, ReviewState
+from any2capins.workflows.review.store import ReviewStore
+from any2capins.workflows.review.text import unknown_fields
 
 
 @dataclass

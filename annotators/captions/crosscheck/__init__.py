@@ -26,17 +26,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from annotators.captions.crosscheck._settings import CHECKS, DEFAULT_SETTINGS, CrossCheckSettings
-from annotators.captions.crosscheck._text import _fact_texts
-from annotators.captions.crosscheck.camera import (
+from any2capins.annotators.captions.crosscheck._settings import (
+    CHECKS,
+    DEFAULT_SETTINGS,
+    CrossCheckSettings,
+)
+from any2capins.annotators.captions.crosscheck._text import _fact_texts
+from any2capins.annotators.captions.crosscheck.camera import (
     CAMERA_TOPIC_WORDS,
     MOTION_LABELS,
     _check_camera,
     _check_off_topic,
 )
-from annotators.captions.crosscheck.copies import _check_near_copy
-from annotators.captions.crosscheck.subjects import _check_people_without_pose, _check_subject_count
-from schemas import CaptionFlag, Record
+from any2capins.annotators.captions.crosscheck.copies import _check_near_copy
+from any2capins.annotators.captions.crosscheck.subjects import (
+    _check_people_without_pose,
+    _check_subject_count,
+)
+from any2capins.schemas import CaptionFlag, Record
 
 # --------------------------------------------------------------------------- entry point
 

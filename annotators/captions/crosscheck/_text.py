@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from schemas import Record
+from any2capins.schemas import Record
 
 # --------------------------------------------------------------------------- shared text tools
 
@@ -49,7 +49,7 @@ def _fact_texts(record: Record) -> list[str]:
     writer puts pose facts in both main_object and action, and pose's "2 distinct people"
     next to identities' "1 main subject: a cup" is two measurements, not a miscount.
     """
-    from annotators.conditions import condition_types  # the registry, loaded once
+    from any2capins.annotators.conditions import condition_types  # the registry, loaded once
 
     out: list[str] = []
     try:

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 # One definition of "camera talk", shared with the camera condition's short-prompt rule.
-from annotators.camera.condition import CAMERA_PHRASES, CAMERA_SOURCES
-from annotators.camera.labels import VOCABULARY
-from annotators.captions.crosscheck._settings import CrossCheckSettings
-from annotators.captions.crosscheck._text import _WORD, _join, _negated, _shorten
-from schemas import CaptionFlag, Record
+from any2capins.annotators.camera.condition import CAMERA_PHRASES, CAMERA_SOURCES
+from any2capins.annotators.camera.labels import VOCABULARY
+from any2capins.annotators.captions.crosscheck._settings import CrossCheckSettings
+from any2capins.annotators.captions.crosscheck._text import _WORD, _join, _negated, _shorten
+from any2capins.schemas import CaptionFlag, Record
 
 # --------------------------------------------------------------------------- camera checks
 

@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from difflib import SequenceMatcher
 from itertools import combinations
 
-from annotators.captions.crosscheck._settings import CrossCheckSettings
-from annotators.captions.crosscheck._text import (
+from any2capins.annotators.captions.crosscheck._settings import CrossCheckSettings
+from any2capins.annotators.captions.crosscheck._text import (
     _WORD,
     _fact_token_runs,
     _shorten,
     _without_runs,
 )
-from schemas import CAPTION_COMPONENTS, CaptionFlag, Record
+from any2capins.schemas import CAPTION_COMPONENTS, CaptionFlag, Record
 
 # --------------------------------------------------------------------------- near copies
 

@@ -7,9 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from annotators.captions.crosscheck._settings import CrossCheckSettings
-from annotators.captions.crosscheck._text import _join, _negated, _strip_facts
-from schemas import CaptionFlag, Record
+from any2capins.annotators.captions.crosscheck._settings import CrossCheckSettings
+from any2capins.annotators.captions.crosscheck._text import _join, _negated, _strip_facts
+from any2capins.schemas import CaptionFlag, Record
 
 # --------------------------------------------------------------------------- subject count
 

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from annotators.base import Annotator, AnnotatorConfig, ClipInput, FrameSampling, Resources
 from any2cap_motion_energy.condition import (
     LEVELS,
     MotionEnergyCondition,
@@ -21,7 +20,14 @@ from any2cap_motion_energy.condition import (
     describe,
 )
 from any2cap_motion_energy.measure import EnergyMeasurement, measure_motion_energy
-from schemas import PayloadRef
+from any2capins.plugins import (
+    Annotator,
+    AnnotatorConfig,
+    ClipInput,
+    FrameSampling,
+    PayloadRef,
+    Resources,
+)
 
 
 class MotionEnergyConfig(AnnotatorConfig):

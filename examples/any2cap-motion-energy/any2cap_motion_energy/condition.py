@@ -11,9 +11,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from annotators.conditions import ConditionType, PayloadReader
 from any2cap_motion_energy.measure import Levels, halves_contrast
-from schemas import PayloadRef, Record
+from any2capins.plugins import ConditionType, PayloadReader, PayloadRef, Record
 
 NAME = "motion_energy"
 # What "still", "low", "moderate" and "high" mean, for the summary and the facts alike.

@@ -24,8 +24,7 @@ from any2cap_motion_energy import (
 )
 from pydantic import ValidationError
 
-from annotators import ClipInput
-from schemas import ClipRef, PayloadRef, Provenance, Record
+from any2capins.plugins import ClipInput, ClipRef, PayloadRef, Provenance, Record
 
 SIDE, BLOCK = 64, 16
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any, ClassVar
 
-from pipeline.storage import Storage
-from schemas import PayloadRef, ShardRow
+from any2capins.pipeline.storage import Storage
+from any2capins.schemas import PayloadRef, ShardRow
 
 FORMATS: tuple[str, ...] = ("parquet", "sft", "webdataset", "control")
 

@@ -36,23 +36,23 @@ import av
 import cv2
 import numpy as np
 
-from annotators._media import encode_mp4
-from annotators.camera import parse_realestate10k
-from annotators.camera.formats import CameraFormatError
-from annotators.depth import DepthConditionType
-from annotators.keyframes import grid_sampling
-from annotators.pose import PoseConditionType, draw_pose
-from pipeline.storage import Storage
-from pipeline.video import (
+from any2capins.annotators._media import encode_mp4
+from any2capins.annotators.camera import parse_realestate10k
+from any2capins.annotators.camera.formats import CameraFormatError
+from any2capins.annotators.depth import DepthConditionType
+from any2capins.annotators.keyframes import grid_sampling
+from any2capins.annotators.pose import PoseConditionType, draw_pose
+from any2capins.pipeline.storage import Storage
+from any2capins.pipeline.video import (
     DEFAULT_READERS,
     local_video,
     probe_video,
     sample_frames,
     target_times,
 )
-from schemas import ClipRef, FrameGrid, PayloadRef, ShardRow
-from workflows.export.formats.base import ShardFormat, payload_bytes
-from workflows.export.formats.sft import caption_json
+from any2capins.schemas import ClipRef, FrameGrid, PayloadRef, ShardRow
+from any2capins.workflows.export.formats.base import ShardFormat, payload_bytes
+from any2capins.workflows.export.formats.sft import caption_json
 
 METADATA = "metadata.csv"
 SUFFIX = ".control.csv"

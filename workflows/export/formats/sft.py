@@ -31,9 +31,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.storage import Storage
-from schemas import CAPTION_COMPONENTS, PayloadRef, ShardRow
-from workflows.export.formats.base import ShardFormat, extension, payload_bytes
+from any2capins.pipeline.storage import Storage
+from any2capins.schemas import CAPTION_COMPONENTS, PayloadRef, ShardRow
+from any2capins.workflows.export.formats.base import ShardFormat, extension, payload_bytes
 
 MEDIA_DIR = "media"
 DATASET_INFO = "dataset_info.json"

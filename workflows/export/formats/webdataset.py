@@ -31,10 +31,10 @@ from typing import Any
 import av
 import numpy as np
 
-from pipeline.storage import Storage
-from pipeline.video import _rotate, local_video
-from schemas import ClipRef, ShardRow, payload_refs
-from workflows.export.formats.base import ShardFormat, extension, payload_bytes
+from any2capins.pipeline.storage import Storage
+from any2capins.pipeline.video import _rotate, local_video
+from any2capins.schemas import ClipRef, ShardRow, payload_refs
+from any2capins.workflows.export.formats.base import ShardFormat, extension, payload_bytes
 
 _CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 # payload field path -> member name (without the extension); others use the path itself
