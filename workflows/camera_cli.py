@@ -33,6 +33,7 @@ from any2capins.pipeline.video import (
 )
 
 camera_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Camera trajectories: motion labels of camera files, estimation from videos.",
     no_args_is_help=True,
 )

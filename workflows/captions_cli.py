@@ -22,10 +22,12 @@ from any2capins.annotators.captions import CaptionsConfig, ResponseCache
 from any2capins.pipeline.rundir import RunDir
 
 captions_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Caption writer: Batch API mode, spend, and regenerating rejected fields.",
     no_args_is_help=True,
 )
 batch_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="OpenAI Batch API: send what a `mode: batch` build queued, collect the answers "
     "into the response cache, then build again.",
     no_args_is_help=True,

@@ -19,11 +19,14 @@ from any2capins.pipeline.rundir import RunDir, RunDirBusy
 from any2capins.pipeline.sources import SourceError, list_sources
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Build Any2CapIns-style datasets: conditions, structured captions, review, shards.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-runs_app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
+runs_app = typer.Typer(
+    rich_markup_mode="markdown", help="Inspect run directories.", no_args_is_help=True
+)
 app.add_typer(runs_app, name="runs")
 
 err = Console(stderr=True)

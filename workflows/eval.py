@@ -56,7 +56,9 @@ from any2capins.workflows.review.text import apply_review, instance_key, is_prom
 if TYPE_CHECKING:
     from any2capins.workflows.review.store import ReviewStore
 
-eval_app = typer.Typer(help="Evaluate what a build produced.", no_args_is_help=True)
+eval_app = typer.Typer(
+    rich_markup_mode="markdown", help="Evaluate what a build produced.", no_args_is_help=True
+)
 out = Console()
 err = Console(stderr=True)
 

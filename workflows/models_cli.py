@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from any2capins.annotators.model_catalog import ModelEntry
 
 models_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="The model weights of the condition stages: list them, fetch them.",
     no_args_is_help=True,
 )

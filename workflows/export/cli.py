@@ -14,7 +14,9 @@ from rich.console import Console
 
 from any2capins.workflows.export.shards import ExportError, verify_shards
 
-shards_app = typer.Typer(help="Check exported shards.", no_args_is_help=True)
+shards_app = typer.Typer(
+    rich_markup_mode="markdown", help="Check exported shards.", no_args_is_help=True
+)
 err = Console(stderr=True)
 
 
@@ -101,7 +103,7 @@ def export(
         typer.Option(
             "--corrections",
             help="write the correction dataset instead: one row per field a human changed or "
-            "rejected (OUT/corrections-<run>.parquet)",
+            "rejected (OUT/corrections-RUN.parquet, RUN the run's name)",
         ),
     ] = False,
     format: Annotated[
@@ -132,9 +134,9 @@ def export(
     default; --format sft, webdataset or control for trainers' own formats, one format per
     folder; control needs conditions built on a recipe frame_grid).
 
-    With --corrections: write OUT/corrections-<run>.parquet instead, one row per field a
-    human edited (machine and human text) or rejected (human text null), from the store's
-    final decisions; rewritten whole and atomically each time.
+    With --corrections: write OUT/corrections-RUN.parquet (RUN: the run's name) instead,
+    one row per field a human edited (machine and human text) or rejected (human text
+    null), from the store's final decisions; rewritten whole and atomically each time.
 
     Only records whose final review state is accepted or edited go out (human text wins;
     the machine text stays in machine_* columns). Re-running adds only records not yet in

@@ -22,12 +22,19 @@ if TYPE_CHECKING:
 # the other command groups stay fast.
 
 review_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Human verification of records: web app, users, tokens, policy, stats.",
     no_args_is_help=True,
 )
-users_app = typer.Typer(help="Review users (annotator, reviewer, admin).", no_args_is_help=True)
-tokens_app = typer.Typer(help="API tokens for scripts.", no_args_is_help=True)
-claims_app = typer.Typer(help="Live leases.", no_args_is_help=True)
+users_app = typer.Typer(
+    rich_markup_mode="markdown",
+    help="Review users (annotator, reviewer, admin).",
+    no_args_is_help=True,
+)
+tokens_app = typer.Typer(
+    rich_markup_mode="markdown", help="API tokens for scripts.", no_args_is_help=True
+)
+claims_app = typer.Typer(rich_markup_mode="markdown", help="Live leases.", no_args_is_help=True)
 review_app.add_typer(users_app, name="users")
 review_app.add_typer(tokens_app, name="tokens")
 review_app.add_typer(claims_app, name="claims")
