@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from any2capins.annotators.captions.crosscheck import cross_check
 from any2capins.pipeline.rundir import RunDir
 from any2capins.schemas import Record, StructuredCaption
 from any2capins.workflows.cli import app
@@ -455,3 +456,35 @@ def test_migration_0003_keeps_earlier_reviews(tmp_path: Path, db_url: str | None
     assert second is not None and second.revision == 1
     verdicts = {"dense": FieldVerdict("reject", None, "other", None)}
     assert store.decide_fields(ann, second.id, second.version, verdicts).state == "regenerate"
+
+
+def test_regenerated_caption_is_cross_checked_again(tmp_path: Path) -> None:
+    """Clip 0's camera component says the camera is static while it trucks right (a
+    camera_motion flag); rejected and rewritten as a moving shot, the flag is gone."""
+    run = make_instance_run(tmp_path / "run", n=1)
+    with FakeOpenAI() as server:
+        rundir = RunDir(str(run))
+        info = rundir.load_info()
+        assert info is not None
+        params = {"writer": "openai", "model": "test-model", "base_url": server.base_url}
+        info.recipe["stages"] = [
+            {"annotator": "captions", "params": {**params, "cache_dir": str(tmp_path / "c")}},
+        ]
+        rundir.save_info(info)
+        before = record_by_index(run, 0)
+        assert ("camera_motion", "camera") in {(f.check, f.component) for f in before.checks}
+        store = open_store(str(run))
+        store.ingest()
+        ann = store.add_user("ann", "annotator", None)
+        view = store.claim(ann)
+        assert view is not None and view.clip_id == before.clip_id
+        rejected = {"camera": FieldVerdict("reject", None, "contradicts_conditions", None)}
+        assert store.decide_fields(ann, view.id, view.version, rejected).state == "regenerate"
+        result = CliRunner().invoke(app, ["captions", "regenerate", "--run", str(run)])
+        assert result.exit_code == 0, result.output
+    after = record_by_index(run, 0)
+    assert after.caption is not None and "sweep to the right" in after.caption.camera
+    assert not [f for f in after.checks if f.component == "camera"]
+    # the flags are the checker's on the whole new caption (the fixture's hand-made
+    # main_object flag is not one it raises)
+    assert after.checks == cross_check(after.caption.model_dump(), after)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from any2capins.annotators.captions.config import SHORT_PROMPT, WriterConfig
+from any2capins.annotators.captions.config import SHORT_PROMPT, CaptionsConfig, WriterConfig
+from any2capins.annotators.captions.crosscheck import cross_check
 from any2capins.annotators.captions.errors import CaptionError
 from any2capins.annotators.captions.facts import ClipContext, build_context
 from any2capins.annotators.captions.templates import TITLES
@@ -23,6 +24,7 @@ from any2capins.annotators.captions.writer import OpenAIWriter
 from any2capins.annotators.conditions import condition_types
 from any2capins.schemas import (
     CAPTION_COMPONENTS,
+    CaptionFlag,
     Record,
     StageProvenance,
     StructuredCaption,
@@ -139,6 +141,17 @@ def regenerate_fields(
     return out
 
 
+def _cross_checks(
+    components: dict[str, str], record: Record, config: WriterConfig
+) -> list[CaptionFlag]:
+    """The captions stage's cross-checks on the new caption, so the reviewer sees flags on
+    the regenerated text as on the original (a flag is shown, never a failure here: the
+    text goes back to a human either way)."""
+    if not isinstance(config, CaptionsConfig) or config.cross_checks == "off":
+        return list(record.checks)
+    return cross_check(components, record, config.cross_check)
+
+
 def _with_texts(record: Record, done: Regenerated, writer: OpenAIWriter) -> Record:
     update: dict[str, Any] = {}
     texts = done.texts
@@ -146,6 +159,7 @@ def _with_texts(record: Record, done: Regenerated, writer: OpenAIWriter) -> Reco
         assert record.caption is not None, "a rejected component has machine text"
         components = {c: texts.get(c, getattr(record.caption, c)) for c in CAPTION_COMPONENTS}
         update["caption"] = StructuredCaption.model_validate(components)
+        update["checks"] = _cross_checks(components, record, writer.config)
     if SHORT_PROMPT in texts:
         update["short_prompt"] = texts[SHORT_PROMPT]
     if any(n.startswith(PROMPT_PREFIX) for n in texts) and record.instances is not None:
