@@ -35,6 +35,7 @@ from any2capins.workflows.review import (
 )
 from any2capins.workflows.review.app import create_app
 from any2capins.workflows.review.text import machine_texts
+from any2capins.workflows.review.views import caption_source, panes_of
 from tests.instance_fixtures import PROMPTS, make_instance_run, record_by_index
 from tests.openai_server import FakeOpenAI
 from tests.review_fixtures import CAPTION, SHORT_PROMPT, fresh_pg_database, make_run
@@ -488,3 +489,23 @@ def test_regenerated_caption_is_cross_checked_again(tmp_path: Path) -> None:
     # the flags are the checker's on the whole new caption (the fixture's hand-made
     # main_object flag is not one it raises)
     assert after.checks == cross_check(after.caption.model_dump(), after)
+    # the page's "Caption by" line names the caption stage, then the rewrite
+    source = caption_source(after)
+    assert source is not None and source.startswith(caption_source(before) or "?")
+    assert source.endswith("regenerate (camera)")
+
+
+def test_condition_panes_show_yes_and_no_not_python_booleans(tmp_path: Path) -> None:
+    run = make_instance_run(tmp_path / "run", n=1)
+    record = record_by_index(run, 0)
+    assert record.conditions.camera is not None
+    record = record.model_copy(
+        update={
+            "conditions": record.conditions.model_copy(
+                update={"camera": record.conditions.camera.model_copy(update={"usable": False})}
+            )
+        }
+    )
+    facts = {(pane.name, key): value for pane in panes_of(record, []) for key, value in pane.facts}
+    assert facts[("camera", "usable")] == "no"
+    assert not [v for v in facts.values() if v in ("True", "False")]

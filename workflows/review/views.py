@@ -224,7 +224,9 @@ def resolve_media(record: Record, index: int, artifacts_root: str) -> tuple[str,
 
 
 def _short(value: Any) -> str | None:
-    if isinstance(value, bool | int | float | str):
+    if isinstance(value, bool):  # an annotator reads "yes", not Python's True
+        return "yes" if value else "no"
+    if isinstance(value, int | float | str):
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
         return text if len(text) <= 300 else text[:300] + "…"
     if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
@@ -458,22 +460,31 @@ def provenance_of(record: Record) -> list[dict[str, Any]]:
 
 
 def caption_source(record: Record) -> str | None:
-    """Who wrote the caption, in one line: the writer (machine or grounded/fact-composed),
-    its model and prompt version, so the two kinds are never confused."""
-    for stage in reversed(record.provenance.stages):
-        if "writer" in stage.details or "caption" in stage.stage:
-            parts = [f"stage {stage.stage} v{stage.annotator_version}"]
-            if "writer" in stage.details:
-                parts.insert(0, f"writer: {stage.details['writer']}")
-            if stage.models:
-                parts.append("model " + ", ".join(m.model_id for m in stage.models))
-            if stage.prompt_hashes:
-                parts.append(
-                    "prompts "
-                    + ", ".join(f"{k}@{v[:8]}" for k, v in sorted(stage.prompt_hashes.items()))
-                )
-            return " · ".join(parts)
-    return None
+    """Who wrote the caption, in one line: the caption stage's writer (machine or
+    grounded/fact-composed), its model and prompt version, so the two kinds are never
+    confused; then the later stages that rewrote parts of it (instance prompts, fields
+    regenerated after review)."""
+    writers = [s for s in record.provenance.stages if "writer" in s.details or "caption" in s.stage]
+    if not writers:
+        return None
+    main = next((s for s in writers if s.stage == "captions"), writers[0])
+    parts = [f"stage {main.stage} v{main.annotator_version}"]
+    if "writer" in main.details:
+        parts.insert(0, f"writer: {main.details['writer']}")
+    if main.models:
+        parts.append("model " + ", ".join(m.model_id for m in main.models))
+    if main.prompt_hashes:
+        parts.append(
+            "prompts " + ", ".join(f"{k}@{v[:8]}" for k, v in sorted(main.prompt_hashes.items()))
+        )
+    later = [
+        s.stage + (f" ({s.details['fields']})" if s.details.get("fields") else "")
+        for s in writers
+        if s is not main
+    ]
+    if later:
+        parts.append("then " + ", ".join(later))
+    return " · ".join(parts)
 
 
 def palette_of(record: Record) -> list[tuple[str, float]]:
