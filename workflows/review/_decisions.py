@@ -74,6 +74,22 @@ def _check_record_fields(record: Record, names: list[str], item_id: int) -> None
 class DecisionsMixin(LeasesMixin):
     """Recording decisions and finalising items (a decision closes the caller's lease)."""
 
+    def _open_decision(
+        self,
+        s: Session,
+        user: UserInfo,
+        item_id: int,
+        version: int,
+        now: datetime,
+        names: list[str],
+    ) -> tuple[Item, Claim, ReviewPolicy, Record]:
+        """The leased item a decision is about, its claim, the run's policy and the record,
+        once ``names`` are checked to be fields of that record."""
+        item, claim = self._decidable(s, user, item_id, version, now)
+        record = Record.model_validate_json(item.record_json)
+        _check_record_fields(record, names, item_id)
+        return item, claim, self._policy(s), record
+
     @retrying
     def decide(
         self,
@@ -107,10 +123,9 @@ class DecisionsMixin(LeasesMixin):
         note = _checked_note(note)
         now = self._now()
         with self._write() as s:
-            item, claim = self._decidable(s, user, item_id, version, now)
-            policy = self._policy(s)
-            record = Record.model_validate_json(item.record_json)
-            _check_record_fields(record, list(edits), item_id)
+            item, claim, policy, record = self._open_decision(
+                s, user, item_id, version, now, list(edits)
+            )
             machine = machine_texts(record)
             changed = {k: v.strip() for k, v in edits.items() if v.strip() != machine[k].strip()}
             if decision == "reject":
@@ -182,10 +197,9 @@ class DecisionsMixin(LeasesMixin):
         note = _checked_note(note)
         now = self._now()
         with self._write() as s:
-            item, claim = self._decidable(s, user, item_id, version, now)
-            policy = self._policy(s)
-            record = Record.model_validate_json(item.record_json)
-            _check_record_fields(record, list(verdicts), item_id)
+            item, claim, policy, record = self._open_decision(
+                s, user, item_id, version, now, list(verdicts)
+            )
             machine = machine_texts(record)
             full: dict[str, FieldVerdict] = {}
             for name in machine:  # screen order

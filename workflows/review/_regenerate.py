@@ -8,6 +8,7 @@ import hashlib
 import json
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from any2capins.schemas import Record, ReviewState
 from any2capins.workflows.review._base import StoreBase, dumps, snapshot
@@ -23,6 +24,23 @@ def canonical_record(record: Record) -> tuple[str, str]:
     SHA-256: a regenerated record saved to the run re-ingests as unchanged."""
     canonical = record.model_copy(update={"review": ReviewState()}).model_dump_json()
     return canonical, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _rejected_rows(s: Session, item: Item) -> dict[str, FieldVerdictRow]:
+    """The fields rejected on the item's current revision: the first reject of each (the
+    review that sent the item to regeneration), in the order they were given."""
+    rejected: dict[str, FieldVerdictRow] = {}
+    for row in s.scalars(
+        select(FieldVerdictRow)
+        .where(
+            FieldVerdictRow.item_id == item.id,
+            FieldVerdictRow.revision == item.revision,
+            FieldVerdictRow.verdict == "reject",
+        )
+        .order_by(FieldVerdictRow.id)
+    ):
+        rejected.setdefault(row.field, row)
+    return rejected
 
 
 class RegenerateMixin(StoreBase):
@@ -42,22 +60,12 @@ class RegenerateMixin(StoreBase):
             for item in items:
                 record = Record.model_validate_json(item.record_json)
                 order = {name: i for i, name in enumerate(field_names(record))}
-                rejected: dict[str, FieldVerdictInfo] = {}
-                for row in s.scalars(
-                    select(FieldVerdictRow)
-                    .where(
-                        FieldVerdictRow.item_id == item.id,
-                        FieldVerdictRow.revision == item.revision,
-                        FieldVerdictRow.verdict == "reject",
+                rejected = {
+                    name: FieldVerdictInfo(
+                        row.verdict, row.machine_text, row.text, row.reason, row.note
                     )
-                    .order_by(FieldVerdictRow.id)
-                ):
-                    rejected.setdefault(
-                        row.field,
-                        FieldVerdictInfo(
-                            row.verdict, row.machine_text, row.text, row.reason, row.note
-                        ),
-                    )
+                    for name, row in _rejected_rows(s, item).items()
+                }
                 done = json.loads(item.regenerations_json or "{}")
                 tasks.append(
                     RegenerationTask(
@@ -91,17 +99,7 @@ class RegenerateMixin(StoreBase):
             old = Record.model_validate_json(item.record_json)
             if record.clip_id != old.clip_id:
                 raise Invalid(f"record {record.clip_id} is not item {item_id}'s clip {old.clip_id}")
-            rejected: dict[str, FieldVerdictRow] = {}
-            for row in s.scalars(
-                select(FieldVerdictRow)
-                .where(
-                    FieldVerdictRow.item_id == item.id,
-                    FieldVerdictRow.revision == item.revision,
-                    FieldVerdictRow.verdict == "reject",
-                )
-                .order_by(FieldVerdictRow.id)
-            ):
-                rejected.setdefault(row.field, row)
+            rejected = _rejected_rows(s, item)
             before_texts, after_texts = machine_texts(old), machine_texts(record)
             if list(before_texts) != list(after_texts):
                 raise Invalid(

@@ -10,6 +10,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Response models reuse the store's data types where the store already has the shape.
+from any2capins.workflows.review._types import ClaimRow, DecisionResult, FieldVerdictInfo
 from any2capins.workflows.review.deps import (
     MAX_ID,
     ClaimId,
@@ -96,14 +98,6 @@ class MediaOut(BaseModel):
     url: str
 
 
-class VerdictOut(BaseModel):
-    verdict: str
-    machine_text: str
-    text: str | None
-    reason: str | None
-    note: str | None
-
-
 class ReviewOut(BaseModel):
     reviewer: str
     kind: str
@@ -112,7 +106,7 @@ class ReviewOut(BaseModel):
     reason: str | None
     note: str | None
     at: datetime
-    verdicts: dict[str, VerdictOut] = Field(default_factory=dict)
+    verdicts: dict[str, FieldVerdictInfo] = Field(default_factory=dict)
 
 
 class RegenerationOut(BaseModel):
@@ -168,15 +162,6 @@ class ItemOut(BaseModel):
     record: dict[str, Any]
 
 
-class DecisionOut(BaseModel):
-    item_id: int
-    clip_id: str
-    decision: str
-    state: str
-    version: int
-    final: bool
-
-
 class LeaseOut(BaseModel):
     item_id: int
     lease_expires_at: datetime
@@ -185,16 +170,6 @@ class LeaseOut(BaseModel):
 class SkipOut(BaseModel):
     item_id: int
     state: str
-
-
-class ClaimOut(BaseModel):
-    id: int
-    item_id: int
-    clip_id: str
-    user: str
-    kind: str
-    claimed_at: datetime
-    expires_at: datetime
 
 
 class MeOut(BaseModel):
@@ -275,7 +250,7 @@ def item_out(view: ItemView) -> ItemOut:
                 reason=r.reason,
                 note=r.note,
                 at=r.at,
-                verdicts={name: VerdictOut(**vars(v)) for name, v in r.verdicts.items()},
+                verdicts=dict(r.verdicts),
             )
             for r in view.prior_reviews
         ],
@@ -310,7 +285,7 @@ def api_item(item_id: ItemId, store: Store, user: UserInfo = annotator_api) -> I
 
 @router.post(
     "/api/items/{item_id}/decision",
-    response_model=DecisionOut,
+    response_model=DecisionResult,
     responses={
         404: {"model": ErrorOut},
         409: {"model": ErrorOut, "description": "lease lost, or stale version"},
@@ -321,7 +296,7 @@ def api_item(item_id: ItemId, store: Store, user: UserInfo = annotator_api) -> I
 )
 def api_decide(
     item_id: ItemId, body: DecisionIn, store: Store, user: UserInfo = annotator_api
-) -> DecisionOut:
+) -> DecisionResult:
     """Accept, reject (reason code + note) or edit (new text per field) a leased item; or
     give a verdict per field (accept / fix / reject), from which its outcome follows."""
     if body.verdicts is not None:
@@ -335,7 +310,7 @@ def api_decide(
             },
             note=body.note,
         )
-        return DecisionOut(**result.__dict__)
+        return result
     assert body.decision is not None
     result = store.decide(
         user,
@@ -346,7 +321,7 @@ def api_decide(
         reason=body.reason,
         note=body.note,
     )
-    return DecisionOut(**result.__dict__)
+    return result
 
 
 @router.post(
@@ -388,10 +363,10 @@ def api_stats(store: Store, user: UserInfo = reviewer_api) -> dict[str, Any]:
     return store.stats()
 
 
-@router.get("/api/claims", response_model=list[ClaimOut], responses=ERRORS, tags=["admin"])
-def api_claims(store: Store, user: UserInfo = admin_api) -> list[ClaimOut]:
+@router.get("/api/claims", response_model=list[ClaimRow], responses=ERRORS, tags=["admin"])
+def api_claims(store: Store, user: UserInfo = admin_api) -> list[ClaimRow]:
     """Live leases (admins)."""
-    return [ClaimOut(**c.__dict__) for c in store.claims()]
+    return store.claims()
 
 
 @router.post(
